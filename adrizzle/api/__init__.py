@@ -1,0 +1,1 @@
+"""The user-facing layer: Engine, Dataset lineage, and the stage programs slots execute."""

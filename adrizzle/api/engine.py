@@ -1,0 +1,409 @@
+"""``Engine``: the driver as an asyncio application sees it.
+
+One engine owns one listening socket, the connected workers, and the runs in progress; all of its
+scheduling happens in callbacks and coroutines on the caller's event loop (no threads).
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import ipaddress
+import itertools
+import logging
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
+
+from adrizzle.api.dataset import Dataset, split_evenly
+from adrizzle.api.program import FunctionSource, ShippedSource, StageProgram
+from adrizzle.driver.blocks import BlockRegistry
+from adrizzle.driver.cluster import Cluster, WorkerHandle
+from adrizzle.driver.execution import RunExecution
+from adrizzle.driver.local import LocalWorkers
+from adrizzle.driver.metrics import DriverMetrics
+from adrizzle.driver.scheduler import RunScheduler, interleave_slots, place_partitions
+from adrizzle.errors import AdrizzleError, NoWorkersError, TaskError
+from adrizzle.wire import auth
+from adrizzle.wire.channel import FrameCounter
+from adrizzle.wire.framing import FrameLimits
+from adrizzle.wire.messages import Heartbeat, Message
+
+log = logging.getLogger("adrizzle.driver")
+
+Func = Callable[[Any], Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobResult:
+    """One finished micro-batch: its index in the call and its value per partition.
+
+    With ``return_exceptions=True`` a failed job has ``values=None`` and ``error`` set.
+    """
+
+    index: int
+    values: list[Any] | None
+    error: TaskError | None = None
+
+
+def parse_address(address: str, default_port: int = 0) -> tuple[str, int]:
+    """``"host:port"``, ``"[v6]:port"``, ``"tcp://host:port"`` or ``"host"`` -> (host, port)."""
+    addr = address.removeprefix("tcp://")
+    if addr.startswith("["):
+        host, _, rest = addr[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif addr.count(":") == 1:
+        host, port = addr.split(":")
+    else:
+        host, port = addr, ""
+    try:
+        return host or "127.0.0.1", int(port) if port else default_port
+    except ValueError:
+        raise ValueError(f"invalid address {address!r}: port must be a number") from None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Engine:
+    """A driver. ``Engine.local(...)`` for an embedded cluster; ``Engine(listen=...)`` to serve.
+
+    >>> async with Engine.local(workers=2, cores=1) as engine:  # doctest: +SKIP
+    ...     data = engine.parallelize(range(4000), partitions=4).cache()
+    ...     per_job = await engine.run_jobs([data] * 100, sum, group_size=10)
+    """
+
+    def __init__(
+        self,
+        listen: str = "127.0.0.1:7077",
+        token: str | None = None,
+        *,
+        token_file: str | None = None,
+        window: int = 2,
+        max_frame_bytes: int = 1 << 30,
+        handshake_timeout: float = 5.0,
+        worker_timeout: float = 30.0,
+    ) -> None:
+        host, port = parse_address(listen, 7077)
+        resolved = auth.resolve_token(token, token_file)
+        if resolved is None:
+            if not is_loopback(host):
+                raise auth.TokenError(
+                    f"refusing to listen on {host} without a token: anyone who can reach it "
+                    f"could run code on the workers. Set {auth.TOKEN_ENV} or pass token=/"
+                    "token_file=."
+                )
+            resolved = auth.new_token()
+        self.token = resolved
+        self.window = window
+        self.worker_timeout = worker_timeout
+        self._host, self._port = host, port
+        self._next_node = itertools.count()
+        self._group_ids = itertools.count()
+        self._blocks = BlockRegistry()
+        self._routes: dict[int, RunExecution] = {}
+        self._runs: set[RunExecution] = set()
+        self._metrics = DriverMetrics()
+        self._counter = FrameCounter()
+        self._cluster = Cluster(
+            host=host,
+            port=port,
+            token=resolved,
+            limits=FrameLimits(max_meta=1 << 20, max_payload=max_frame_bytes),
+            counter=self._counter,
+            on_message=self._on_message,
+            on_joined=self._on_joined,
+            on_lost=self._on_lost,
+            handshake_timeout=handshake_timeout,
+        )
+        self._local: LocalWorkers | None = None
+        self._local_spec: tuple[int, int] | None = None
+        self._started = False
+        self._closed = False
+
+    @classmethod
+    def local(cls, workers: int = 2, cores: int = 1, **kwargs: Any) -> Engine:
+        """An engine on loopback with a fresh token and ``workers`` real worker processes."""
+        if workers < 1 or cores < 1:
+            raise ValueError("a local cluster needs at least one worker with one core")
+        kwargs.setdefault("listen", "127.0.0.1:0")
+        kwargs.setdefault("token", auth.new_token())
+        engine = cls(**kwargs)
+        engine._local_spec = (workers, cores)
+        return engine
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> Engine:
+        if self._started:
+            return self
+        self._started = True
+        await self._cluster.start()
+        if self._local_spec is not None:
+            n, cores = self._local_spec
+            self._local = LocalWorkers(driver_address=self.address, token=self.token)
+            atexit.register(self._local.kill_all)
+            try:
+                self._local.spawn(n, cores)
+                await self.wait_for_workers(n, timeout=self.worker_timeout)
+            except BaseException:
+                await self.close()
+                raise
+        return self
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for run in list(self._runs):
+            run._fail(AdrizzleError("the engine was closed"))
+        try:
+            await self._cluster.close()
+        finally:
+            if self._local is not None:
+                try:
+                    await self._local.stop()
+                finally:
+                    self._local.kill_all()
+                    atexit.unregister(self._local.kill_all)
+
+    async def __aenter__(self) -> Engine:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def address(self) -> str:
+        """The driver's listen address, ``host:port`` (the actual port when 0 was asked)."""
+        return self._cluster.address
+
+    @property
+    def workers(self) -> list[dict[str, Any]]:
+        """Connected workers: id, address, cores, pid (and more), ordered by id."""
+        out = []
+        for handle in sorted(self._cluster.workers.values(), key=lambda h: h.id):
+            info = handle.info()
+            info["local"] = self._local is not None and handle.id in self._local.processes
+            out.append(info)
+        return out
+
+    async def wait_for_workers(self, n: int, timeout: float | None = 60.0) -> None:
+        """Wait until ``n`` workers are connected (``NoWorkersError`` after ``timeout`` s)."""
+        local = self._local
+
+        def check() -> None:
+            dead = local.check_alive() if local is not None else []
+            if dead:
+                raise NoWorkersError(f"local workers exited during start-up: {', '.join(dead)}")
+
+        await self._cluster.wait_for_workers(n, timeout, check if local is not None else None)
+
+    # -- datasets ------------------------------------------------------------------------
+
+    def _new_node_id(self) -> int:
+        return next(self._next_node)
+
+    def _track_block_owner(self, dataset: Dataset) -> None:
+        weakref.finalize(dataset, self._blocks.release, dataset.node_id)
+
+    def _default_partitions(self) -> int:
+        return max(2, sum(w.cores for w in self._cluster.workers.values()))
+
+    def parallelize(self, data: Iterable[Any], partitions: int | None = None) -> Dataset:
+        """A dataset of ``data`` split into contiguous partitions, held by the driver and
+        shipped once to the slot each partition is pinned to."""
+        n = partitions or self._default_partitions()
+        if n < 1:
+            raise ValueError(f"partitions must be >= 1, got {n}")
+        source = ShippedSource(self._new_node_id())
+        self._blocks.add_source(source.node_id, split_evenly(data, n))
+        dataset = Dataset(self, partitions=n, source=source)
+        self._track_block_owner(dataset)
+        return dataset
+
+    def generate(self, func: Callable[[int], Iterable[Any]], partitions: int) -> Dataset:
+        """A dataset whose partition ``p`` is ``func(p)``, computed on the slot (no shipping)."""
+        if not callable(func):
+            raise TypeError("generate() needs a callable func(partition) -> iterable")
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {partitions}")
+        return Dataset(
+            self, partitions=partitions, source=FunctionSource(self._new_node_id(), func)
+        )
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    async def run_jobs(
+        self,
+        datasets: Sequence[Dataset],
+        funcs: Func | Sequence[Func],
+        group_size: int = 1,
+        *,
+        return_exceptions: bool = False,
+        timeout: float | None = None,
+    ) -> list[Any]:
+        """Run one job per dataset (``func(iterator_of_partition)`` per partition) in groups of
+        ``group_size`` micro-batches; return each job's list of per-partition values.
+
+        If a job's user code raises, the other jobs still run to completion, then the first
+        ``TaskError`` is raised (or, with ``return_exceptions=True``, stands in its place).
+        """
+        results: list[Any] = []
+        first_error: TaskError | None = None
+        async for job in self.iter_jobs(
+            datasets, funcs, group_size, return_exceptions=True, timeout=timeout
+        ):
+            if job.error is not None:
+                first_error = first_error or job.error
+                results.append(job.error)
+            else:
+                results.append(job.values)
+        if first_error is not None and not return_exceptions:
+            raise first_error
+        return results
+
+    async def iter_jobs(
+        self,
+        datasets: Sequence[Dataset],
+        funcs: Func | Sequence[Func],
+        group_size: int = 1,
+        *,
+        return_exceptions: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[JobResult]:
+        """Like ``run_jobs`` but yields ``JobResult(index, values)`` as each micro-batch
+        completes, in job order, without waiting for the rest of its group."""
+        run = await self._start_run(datasets, funcs, group_size)
+        try:
+            async for outcome in run.outcomes(timeout):
+                if outcome.error is not None and not return_exceptions:
+                    raise outcome.error
+                yield JobResult(outcome.index, outcome.values, outcome.error)
+        finally:
+            self._runs.discard(run)
+            run.close()
+
+    async def _start_run(
+        self, datasets: Sequence[Dataset], funcs: Func | Sequence[Func], group_size: int
+    ) -> RunExecution:
+        programs = self._programs(datasets, funcs)
+        if not self._started or self._closed:
+            raise AdrizzleError("the engine is not running: use 'async with' or await start()")
+        if not isinstance(group_size, int) or group_size < 1:
+            raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+        if not self._cluster.workers:
+            await self.wait_for_workers(1, timeout=self.worker_timeout)
+        handles = sorted(self._cluster.workers.values(), key=lambda h: h.id)
+        slots = interleave_slots((h.id, h.cores) for h in handles)
+        partitions = datasets[0].partitions if datasets else 0
+        scheduler = RunScheduler(
+            n_jobs=len(programs),
+            partitions=partitions,
+            group_size=group_size,
+            window=self.window,
+            shares=place_partitions(partitions, slots) if partitions else [],
+            group_ids=self._group_ids,
+        )
+        run = RunExecution(
+            scheduler=scheduler,
+            programs=programs,
+            workers=self._cluster.workers,
+            blocks=self._blocks,
+            routes=self._routes,
+            metrics=self._metrics,
+            max_buffered=max(4 * group_size * self.window, 64),
+        )
+        self._runs.add(run)
+        try:
+            run.start()
+        except BaseException:
+            self._runs.discard(run)
+            run.close()
+            raise
+        return run
+
+    def _programs(
+        self, datasets: Sequence[Dataset], funcs: Func | Sequence[Func]
+    ) -> list[StageProgram]:
+        datasets = list(datasets)
+        if callable(funcs):
+            func_list: list[Func] = [funcs] * len(datasets)
+        else:
+            func_list = list(funcs)
+            if len(func_list) != len(datasets):
+                raise ValueError(f"{len(datasets)} datasets but {len(func_list)} functions")
+            for f in func_list:
+                if not callable(f):
+                    raise TypeError(f"job functions must be callable, got {type(f).__name__}")
+        if not datasets:
+            return []
+        shape = None
+        programs: list[StageProgram] = []
+        cache: dict[tuple[int, int], StageProgram] = {}
+        for i, (ds, f) in enumerate(zip(datasets, func_list, strict=True)):
+            if not isinstance(ds, Dataset):
+                raise TypeError(f"job {i}: expected a Dataset, got {type(ds).__name__}")
+            if ds.engine is not self:
+                raise ValueError(f"job {i}: the dataset belongs to another engine")
+            s = ds.shape()
+            if shape is None:
+                shape = s
+            elif s != shape:
+                raise ValueError(
+                    f"jobs of one call must share their stage structure: job 0 is {shape}, "
+                    f"job {i} is {s}"
+                )
+            key = (id(ds), id(f))
+            program = cache.get(key)
+            if program is None:
+                program = cache[key] = ds.program(f)
+            programs.append(program)
+        return programs
+
+    # -- cluster callbacks ---------------------------------------------------------------
+
+    def _on_message(self, worker: WorkerHandle, msg: Message, payload: bytes) -> None:
+        if type(msg) is Heartbeat:
+            return
+        run = self._routes.get(msg.group)  # type: ignore[attr-defined]
+        if run is not None:
+            run.on_message(worker, msg, payload)
+
+    def _on_joined(self, worker: WorkerHandle) -> None:
+        self._blocks.add_worker(worker.id)
+
+    def _on_lost(self, worker: WorkerHandle) -> None:
+        self._blocks.forget_worker(worker.id)
+        for run in list(self._runs):
+            run.on_worker_lost(worker)
+
+    # -- monitoring ----------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        """A plain-dict snapshot of driver state (the status server reads only this)."""
+        frames = self._counter.snapshot()
+        stats = self._metrics.snapshot()
+        stats.update(
+            {
+                "address": self.address,
+                "window": self.window,
+                "workers": self.workers,
+                "workers_joined": self._cluster.joined_total,
+                "workers_lost": self._cluster.lost_total,
+                "runs_active": len(self._runs),
+                "frames_sent": frames["frames_out"],
+                "frames_received": frames["frames_in"],
+                "bytes_sent": frames["bytes_out"],
+                "bytes_received": frames["bytes_in"],
+                "blocks": self._blocks.statistics(),
+                "refused_connections": dict(self._cluster.refused),
+            }
+        )
+        return stats

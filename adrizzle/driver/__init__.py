@@ -1,0 +1,1 @@
+"""The driver: cluster membership, group planning and the run state machine."""

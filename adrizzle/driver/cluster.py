@@ -1,0 +1,217 @@
+"""The driver's listening socket and the registry of connected workers.
+
+Workers dial in, authenticate, and are registered under the id they announce. Messages from
+registered workers go to ``on_message``; a worker whose connection closes is removed and reported
+to ``on_lost`` at once. Unauthenticated peers are logged once with their address and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from adrizzle.errors import NoWorkersError, RemoteProtocolError
+from adrizzle.wire import auth
+from adrizzle.wire.channel import Channel, ConnectionClosed, FrameCounter
+from adrizzle.wire.connection import Connection
+from adrizzle.wire.messages import (
+    PROTOCOL_VERSION,
+    BatchResult,
+    GroupDone,
+    Heartbeat,
+    Hello,
+    Message,
+    Shutdown,
+)
+
+if TYPE_CHECKING:
+    from adrizzle.wire.framing import FrameLimits
+
+log = logging.getLogger("adrizzle.driver")
+
+WORKER_MESSAGES = (BatchResult, GroupDone, Heartbeat)
+
+
+@dataclasses.dataclass(slots=True)
+class WorkerHandle:
+    """A connected, authenticated worker."""
+
+    id: str
+    channel: Channel
+    cores: int
+    pid: int
+    address: str
+    data_address: str | None
+    connected_at: float
+    last_seen: float
+    groups_done: int = 0
+    tasks_done: int = 0
+    state: str = "running"
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "address": self.address,
+            "cores": self.cores,
+            "slots": self.cores,
+            "pid": self.pid,
+            "data_address": self.data_address,
+            "state": self.state,
+            "connected_at": self.connected_at,
+            "last_heartbeat": self.last_seen,
+            "groups_done": self.groups_done,
+            "tasks_done": self.tasks_done,
+        }
+
+
+OnWorkerMessage = Callable[[WorkerHandle, Message, bytes], None]
+OnWorker = Callable[[WorkerHandle], None]
+
+
+class Cluster:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        token: str,
+        limits: FrameLimits,
+        counter: FrameCounter,
+        on_message: OnWorkerMessage,
+        on_joined: OnWorker,
+        on_lost: OnWorker,
+        handshake_timeout: float = 5.0,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._token = token
+        self._limits = limits
+        self._counter = counter
+        self._on_message = on_message
+        self._on_joined = on_joined
+        self._on_lost = on_lost
+        self._handshake_timeout = handshake_timeout
+        self._server: asyncio.Server | None = None
+        self._channels: set[Channel] = set()
+        self.workers: dict[str, WorkerHandle] = {}
+        self._changed = asyncio.Event()
+        self.address = ""
+        self.refused: dict[str, int] = {}
+        self.lost_total = 0
+        self.joined_total = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._new_channel, self._host, self._port)
+        sockname = self._server.sockets[0].getsockname()
+        host = sockname[0]
+        self.address = f"[{host}]:{sockname[1]}" if ":" in host else f"{host}:{sockname[1]}"
+
+    def _new_channel(self) -> Channel:
+        conn = Connection(
+            client=False,
+            token=self._token,
+            hello=Hello(PROTOCOL_VERSION, "driver", "driver", auth.new_nonce()),
+            accepts=WORKER_MESSAGES,
+            limits=self._limits,
+        )
+        channel = Channel(
+            conn,
+            on_message=self._dispatch,
+            on_authenticated=self._authenticated,
+            on_closed=self._closed,
+            handshake_timeout=self._handshake_timeout,
+            counter=self._counter,
+            name="driver",
+        )
+        self._channels.add(channel)
+        return channel
+
+    def _authenticated(self, channel: Channel, hello: Hello) -> None:
+        if hello.role != "worker":
+            channel.abort(RemoteProtocolError(f"expected a worker, got role {hello.role!r}"))
+            return
+        if hello.id in self.workers:
+            channel.abort(RemoteProtocolError(f"a worker named {hello.id!r} is already connected"))
+            return
+        now = time.time()
+        handle = WorkerHandle(
+            id=hello.id,
+            channel=channel,
+            cores=max(1, hello.cores),
+            pid=hello.pid,
+            address=channel.peer_address,
+            data_address=hello.data_address,
+            connected_at=now,
+            last_seen=now,
+        )
+        self.workers[hello.id] = handle
+        self.joined_total += 1
+        log.info("worker %s joined from %s with %d cores", hello.id, handle.address, handle.cores)
+        self._changed.set()
+        self._on_joined(handle)
+
+    def _dispatch(self, channel: Channel, msg: Message, payload: bytes) -> None:
+        assert channel.peer is not None
+        handle = self.workers.get(channel.peer.id)
+        if handle is None or handle.channel is not channel:
+            return  # a late frame from a connection we already dropped
+        handle.last_seen = time.time()
+        self._on_message(handle, msg, payload)
+
+    def _closed(self, channel: Channel, exc: BaseException | None) -> None:
+        self._channels.discard(channel)
+        peer = channel.peer
+        handle = self.workers.get(peer.id) if peer is not None else None
+        if peer is None or handle is None or handle.channel is not channel:
+            # Never registered: a failed handshake (logged once per address) or a bare close.
+            if exc is not None and not isinstance(exc, ConnectionClosed):
+                address = channel.peer_address or "?"
+                self.refused[address] = self.refused.get(address, 0) + 1
+                if self.refused[address] == 1:
+                    log.warning("refused connection from %s: %s", address, exc)
+            return
+        del self.workers[peer.id]
+        handle.state = "lost"
+        self.lost_total += 1
+        if not channel.closed_by_us or not isinstance(exc, ConnectionClosed):
+            log.warning("worker %s lost: %s", peer.id, exc)
+        self._changed.set()
+        self._on_lost(handle)
+
+    async def wait_for_workers(
+        self, n: int, timeout: float | None, check: Callable[[], None] | None = None
+    ) -> None:
+        """Wait until ``n`` workers are connected; ``check`` may raise to stop waiting early."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while len(self.workers) < n:
+            if check is not None:
+                check()
+            self._changed.clear()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise NoWorkersError(
+                    f"only {len(self.workers)} of {n} workers connected to {self.address} "
+                    f"within {timeout:g} s"
+                )
+            wait = 0.1 if check is not None else left
+            try:
+                await asyncio.wait_for(self._changed.wait(), wait)
+            except TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        for handle in list(self.workers.values()):
+            if handle.channel.is_open:
+                handle.channel.send(Shutdown())
+                handle.channel.flush()
+        for channel in list(self._channels):
+            channel.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None

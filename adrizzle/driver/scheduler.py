@@ -1,0 +1,203 @@
+"""I/O-free state of one ``run_jobs`` call: which groups to launch, and which jobs are done.
+
+The shell (``adrizzle.driver.execution``) feeds it stimuli (``batch_result``, ``group_done``,
+``worker_lost``) and acts on what it returns; unit tests drive it with plain calls. Cost is per
+group and per (batch, slot) message, never per task: a group's placement is one list of
+partitions per slot, and a batch result fills a whole slot's partitions at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from adrizzle.api.program import TaskFailure
+from adrizzle.errors import TaskError, WorkerLostError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Sequence
+
+
+@dataclasses.dataclass(frozen=True, slots=True, order=True)
+class SlotRef:
+    worker: str
+    slot: int
+
+
+@dataclasses.dataclass(slots=True)
+class WorkerShare:
+    """One worker's part of a group: the partitions each of its slots runs, for every job."""
+
+    worker: str
+    slot_ids: list[int]
+    slot_parts: list[list[int]]
+
+
+@dataclasses.dataclass(slots=True)
+class GroupPlan:
+    group: int
+    first_job: int
+    last_job: int
+    shares: list[WorkerShare]
+
+    @property
+    def jobs(self) -> range:
+        return range(self.first_job, self.last_job)
+
+
+@dataclasses.dataclass(slots=True)
+class JobOutcome:
+    """A finished micro-batch: its values per partition, or the first task error."""
+
+    index: int
+    values: list[Any] | None
+    error: TaskError | None
+
+
+@dataclasses.dataclass(slots=True)
+class _GroupState:
+    plan: GroupPlan
+    awaiting: set[str]
+
+
+def place_partitions(partitions: int, slots: Sequence[SlotRef]) -> list[WorkerShare]:
+    """Pin partition ``p`` to ``slots[p % len(slots)]``; group the result by worker.
+
+    ``slots`` should interleave workers (w0/s0, w1/s0, w0/s1, ...) so that consecutive
+    partitions spread across hosts before they stack up on one.
+    """
+    if not slots:
+        raise ValueError("no slots to place partitions on")
+    per_slot: dict[SlotRef, list[int]] = {}
+    for p in range(partitions):
+        per_slot.setdefault(slots[p % len(slots)], []).append(p)
+    shares: dict[str, WorkerShare] = {}
+    for ref in sorted(per_slot):
+        share = shares.setdefault(ref.worker, WorkerShare(ref.worker, [], []))
+        share.slot_ids.append(ref.slot)
+        share.slot_parts.append(per_slot[ref])
+    return list(shares.values())
+
+
+def interleave_slots(workers: Iterable[tuple[str, int]]) -> list[SlotRef]:
+    """``[(worker, cores), ...]`` -> slots ordered slot-major so workers alternate."""
+    ws = list(workers)
+    most = max((cores for _w, cores in ws), default=0)
+    return [SlotRef(w, s) for s in range(most) for w, cores in ws if s < cores]
+
+
+class RunScheduler:
+    """Plans groups of ``group_size`` consecutive jobs, keeps ``window`` of them in flight."""
+
+    def __init__(
+        self,
+        *,
+        n_jobs: int,
+        partitions: int,
+        group_size: int,
+        window: int,
+        shares: list[WorkerShare],
+        group_ids: Iterator[int],
+    ) -> None:
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.n_jobs = n_jobs
+        self.partitions = partitions
+        self.group_size = group_size
+        self.window = window
+        self.shares = shares
+        self._group_ids = group_ids
+        self.next_job = 0
+        self.in_flight: dict[int, _GroupState] = {}
+        self._values: dict[int, list[Any]] = {}
+        self._remaining: dict[int, int] = {}
+        self._errors: dict[int, TaskError] = {}
+        self._done: dict[int, JobOutcome] = {}
+        self.next_to_deliver = 0
+        self.groups_launched = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.next_to_deliver >= self.n_jobs
+
+    def can_launch(self) -> bool:
+        return self.next_job < self.n_jobs and len(self.in_flight) < self.window
+
+    def plan_next_group(self, group_size: int | None = None) -> GroupPlan | None:
+        """The next group to launch, or None while the window is full or no job is left."""
+        if not self.can_launch():
+            return None
+        size = group_size or self.group_size
+        first = self.next_job
+        last = min(first + size, self.n_jobs)
+        self.next_job = last
+        plan = GroupPlan(next(self._group_ids), first, last, self.shares)
+        self.in_flight[plan.group] = _GroupState(plan, {s.worker for s in plan.shares})
+        for job in plan.jobs:
+            self._values[job] = [None] * self.partitions
+            self._remaining[job] = self.partitions
+        self.groups_launched += 1
+        return plan
+
+    def batch_result(
+        self, worker: str, job: int, parts: list[int], values: list[Any], failed: int
+    ) -> list[JobOutcome]:
+        """Record one slot's values for one job; return the jobs now deliverable, in order."""
+        slot_values = self._values.get(job)
+        if slot_values is None:
+            return []  # a late duplicate of a job already finished
+        if len(values) != len(parts):
+            raise ValueError(f"job {job}: {len(parts)} partitions but {len(values)} values")
+        for p, v in zip(parts, values, strict=True):
+            slot_values[p] = v
+        if failed:
+            # Report the lowest failed partition, whichever slot answers first.
+            for p, v in zip(parts, values, strict=True):
+                known = self._errors.get(job)
+                if isinstance(v, TaskFailure) and (known is None or p < known.partition):
+                    self._errors[job] = TaskError(
+                        job=job,
+                        partition=p,
+                        worker=worker,
+                        exc_type=v.exc_type,
+                        message=v.message,
+                        remote_traceback=v.traceback,
+                    )
+        remaining = self._remaining[job] - len(parts)
+        self._remaining[job] = remaining
+        if remaining > 0:
+            return []
+        del self._remaining[job]
+        del self._values[job]
+        error = self._errors.pop(job, None)
+        self._done[job] = JobOutcome(job, None if error else slot_values, error)
+        out: list[JobOutcome] = []
+        while self.next_to_deliver in self._done:
+            out.append(self._done.pop(self.next_to_deliver))
+            self.next_to_deliver += 1
+        return out
+
+    def group_done(self, worker: str, group: int) -> bool:
+        """Record a worker's acknowledgement; True once every worker of the group has acked."""
+        state = self.in_flight.get(group)
+        if state is None:
+            return False
+        state.awaiting.discard(worker)
+        if state.awaiting:
+            return False
+        del self.in_flight[group]
+        return True
+
+    def worker_lost(self, worker: str) -> WorkerLostError | None:
+        """The error to fail the run with if ``worker`` held work of this run, else None."""
+        involved = [g for g in self.in_flight.values() if worker in g.awaiting]
+        if not involved and not any(s.worker == worker for s in self.shares):
+            return None
+        if not involved and self.next_job >= self.n_jobs:
+            return None
+        if involved:
+            jobs = f"jobs {involved[0].plan.first_job}..{involved[-1].plan.last_job - 1}"
+            return WorkerLostError(f"worker {worker} was lost while running {jobs}")
+        return WorkerLostError(f"worker {worker}, which holds partitions of this run, was lost")

@@ -1,0 +1,89 @@
+"""Public exception classes: every error adrizzle raises to a caller is one of these."""
+
+from __future__ import annotations
+
+
+class AdrizzleError(Exception):
+    """Base class of all adrizzle errors."""
+
+
+class ProtocolError(AdrizzleError):
+    """A connection broke the wire protocol; the connection is closed."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to do something the protocol does not allow (a bug on this side)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow (bad frame, wrong order, ...)."""
+
+
+class AuthenticationError(RemoteProtocolError):
+    """The peer failed the HMAC challenge: it does not hold the cluster token."""
+
+
+class VersionMismatchError(RemoteProtocolError):
+    """The peer speaks another protocol version."""
+
+
+class SerializationError(AdrizzleError, ValueError):
+    """A function or value could not be pickled for shipping to workers."""
+
+
+class WorkerLostError(AdrizzleError):
+    """A worker went away while it held work that could not be recovered."""
+
+
+class RunTimeoutError(AdrizzleError, TimeoutError):
+    """A run did not finish within the timeout its caller gave."""
+
+
+class NoWorkersError(AdrizzleError):
+    """A job needed workers and none were connected in time."""
+
+
+class TaskError(AdrizzleError):
+    """User code raised inside a task.
+
+    Carries the remote traceback and where it happened: the worker, the job (micro-batch)
+    index and the partition.
+    """
+
+    def __init__(
+        self,
+        *,
+        job: int,
+        partition: int,
+        worker: str,
+        exc_type: str,
+        message: str,
+        remote_traceback: str,
+    ) -> None:
+        self.job = job
+        self.partition = partition
+        self.worker = worker
+        self.exc_type = exc_type
+        self.message = message
+        self.remote_traceback = remote_traceback
+        super().__init__(
+            f"{exc_type}: {message} (job {job}, partition {partition}, worker {worker})\n"
+            f"remote traceback:\n{remote_traceback}"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        fields = (self.job, self.partition, self.worker, self.exc_type, self.message)
+        return (_rebuild_task_error, (*fields, self.remote_traceback))
+
+
+def _rebuild_task_error(
+    job: int, partition: int, worker: str, exc_type: str, message: str, remote_traceback: str
+) -> TaskError:
+    return TaskError(
+        job=job,
+        partition=partition,
+        worker=worker,
+        exc_type=exc_type,
+        message=message,
+        remote_traceback=remote_traceback,
+    )

@@ -1,0 +1,1 @@
+"""The wire protocol: framing, typed messages, authentication and the sans-I/O connection."""

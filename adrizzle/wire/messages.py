@@ -1,0 +1,248 @@
+"""Every message of the protocol, as typed classes: the one place message metas are built.
+
+A message is a frozen dataclass with a ``TAG``. ``encode_meta`` turns it into the orjson meta of a
+frame; ``decode_meta`` turns meta bytes back into the right class, checking every field's type at
+the boundary so that a malformed frame fails once, here, with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import orjson
+
+from adrizzle.errors import RemoteProtocolError
+
+PROTOCOL_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Message:
+    TAG: ClassVar[str] = ""
+
+
+# --- handshake (the only messages accepted before authentication) ----------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """First frame each side sends: who it is and a fresh nonce for the challenge."""
+
+    TAG: ClassVar[str] = "hello"
+    version: int
+    role: str
+    id: str
+    nonce: str
+    cores: int = 0
+    pid: int = 0
+    data_address: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Auth(Message):
+    """HMAC-SHA256 proof of the token over the handshake transcript."""
+
+    TAG: ClassVar[str] = "auth"
+    mac: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Error(Message):
+    """The sender is closing the connection because of ``reason``."""
+
+    TAG: ClassVar[str] = "error"
+    reason: str
+
+
+# --- driver <-> worker control connection ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    TAG: ClassVar[str] = "heartbeat"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LaunchGroup(Message):
+    """All tasks of one group placed on one worker, in one frame.
+
+    Jobs ``first_job .. last_job - 1`` each run on partitions ``slot_parts[i]`` in slot
+    ``slot_ids[i]``. The payload is the group's program (``program_len`` bytes, pickled once per
+    group) followed by, per slot, ``slot_data[i]`` bytes of source blocks that slot lacks. The
+    worker never unpickles the payload: it forwards the slices to its slots.
+    """
+
+    TAG: ClassVar[str] = "launch_group"
+    group: int
+    first_job: int
+    last_job: int
+    slot_ids: list[int]
+    slot_parts: list[list[int]]
+    slot_data: list[int]
+    program_len: int
+    release: list[int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchResult(Message):
+    """Final-stage values of one micro-batch from one slot; payload: pickled list per part."""
+
+    TAG: ClassVar[str] = "batch_result"
+    group: int
+    job: int
+    parts: list[int]
+    failed: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GroupDone(Message):
+    """The one acknowledgement a worker sends per group, with its tasks' totals."""
+
+    TAG: ClassVar[str] = "group_done"
+    group: int
+    tasks: int
+    failed: int
+    busy_us: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Shutdown(Message):
+    """Driver to worker: finish nothing more, stop the slots and exit."""
+
+    TAG: ClassVar[str] = "shutdown"
+
+
+# --- worker <-> slot pipe (trusted: a socketpair inherited by the slot) ---------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SlotReady(Message):
+    TAG: ClassVar[str] = "slot_ready"
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunTasks(Message):
+    """One slot's share of a group: jobs ``first_job..last_job-1`` x ``parts``."""
+
+    TAG: ClassVar[str] = "run_tasks"
+    group: int
+    first_job: int
+    last_job: int
+    parts: list[int]
+    program_len: int
+    release: list[int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SlotDone(Message):
+    TAG: ClassVar[str] = "slot_done"
+    group: int
+    tasks: int
+    failed: int
+    busy_us: int
+
+
+# --- encoding and checked decoding -----------------------------------------------------------
+
+
+def _is_int(v: object) -> bool:
+    return type(v) is int
+
+
+def _is_str(v: object) -> bool:
+    return type(v) is str
+
+
+def _is_list_of(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    def checker(v: object) -> bool:
+        return type(v) is list and all(check(x) for x in v)
+
+    return checker
+
+
+def _optional(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda v: v is None or check(v)
+
+
+_CHECKS: dict[str, Callable[[object], bool]] = {
+    "int": _is_int,
+    "str": _is_str,
+    "str | None": _optional(_is_str),
+    "list[int]": _is_list_of(_is_int),
+    "list[list[int]]": _is_list_of(_is_list_of(_is_int)),
+}
+
+_Spec = tuple[tuple[str, Callable[[object], bool], str, bool], ...]
+
+MESSAGE_TYPES: dict[str, type[Message]] = {}
+_SPECS: dict[type[Message], _Spec] = {}
+
+
+def _register(*classes: type[Message]) -> None:
+    for cls in classes:
+        spec = []
+        for f in dataclasses.fields(cls):
+            annotation = str(f.type)
+            if annotation not in _CHECKS:  # pragma: no cover - caught by the unit tests
+                raise TypeError(f"{cls.__name__}.{f.name}: unsupported type {annotation}")
+            required = f.default is dataclasses.MISSING
+            spec.append((f.name, _CHECKS[annotation], annotation, required))
+        MESSAGE_TYPES[cls.TAG] = cls
+        _SPECS[cls] = tuple(spec)
+
+
+_register(
+    Hello,
+    Auth,
+    Error,
+    Heartbeat,
+    LaunchGroup,
+    BatchResult,
+    GroupDone,
+    Shutdown,
+    SlotReady,
+    RunTasks,
+    SlotDone,
+)
+
+HANDSHAKE_TYPES: frozenset[type[Message]] = frozenset({Hello, Auth, Error})
+
+
+def encode_meta(msg: Message) -> bytes:
+    fields: dict[str, Any] = {"t": msg.TAG}
+    for name, _check, _annotation, _required in _SPECS[type(msg)]:
+        fields[name] = getattr(msg, name)
+    return orjson.dumps(fields)
+
+
+def decode_meta(meta: bytes) -> Message:
+    """Parse and check one frame's meta; raise ``RemoteProtocolError`` naming what is wrong."""
+    try:
+        obj = orjson.loads(meta)
+    except orjson.JSONDecodeError as exc:
+        raise RemoteProtocolError(f"frame meta is not valid JSON: {exc}") from None
+    if type(obj) is not dict:
+        raise RemoteProtocolError("frame meta is not a JSON object")
+    tag = obj.pop("t", None)
+    cls = MESSAGE_TYPES.get(tag) if type(tag) is str else None
+    if cls is None:
+        raise RemoteProtocolError(f"unknown message type {tag!r}")
+    kwargs: dict[str, Any] = {}
+    for name, check, annotation, required in _SPECS[cls]:
+        if name in obj:
+            value = obj.pop(name)
+            if not check(value):
+                raise RemoteProtocolError(
+                    f"{tag}.{name} must be {annotation}, got {type(value).__name__}"
+                )
+            kwargs[name] = value
+        elif required:
+            raise RemoteProtocolError(f"{tag} is missing field {name!r}")
+    if obj and cls is not Hello:
+        # Hello alone tolerates fields it does not know, so that a newer peer's hello still
+        # decodes and the version check can name both versions.
+        raise RemoteProtocolError(f"{tag} has unknown fields {sorted(obj)}")
+    return cls(**kwargs)

@@ -1,0 +1,117 @@
+"""``adrizzle-worker``: the command operators run on each host."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+
+import orjson
+
+from adrizzle.wire import auth
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return orjson.dumps(
+            {
+                "ts": record.created,
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "msg": record.getMessage(),
+            }
+        ).decode()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="adrizzle-worker",
+        description="Join an adrizzle cluster: dial the driver, authenticate with the cluster "
+        "token, and run tasks in --cores slot processes.",
+        epilog=f"The token comes from --token-file or ${auth.TOKEN_ENV}. Anyone holding it can "
+        "run code on this worker.",
+    )
+    p.add_argument("driver", help="driver address, tcp://HOST:PORT (default port 7077)")
+    p.add_argument(
+        "--cores",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="slot processes to run tasks in (default: CPU count)",
+    )
+    p.add_argument("--token-file", help="file holding the cluster token (mode 600)")
+    p.add_argument(
+        "--name", default=None, help="worker id shown by the driver (default: HOSTNAME-PID)"
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the driver to accept (default 10)",
+    )
+    p.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=1 << 30,
+        help="largest frame accepted from the driver (default 1 GiB)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="default info",
+    )
+    p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    if args.log_json:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("adrizzle-worker: %(levelname)s %(message)s"))
+    root = logging.getLogger("adrizzle")
+    root.addHandler(handler)
+    root.setLevel(args.log_level.upper())
+    log = logging.getLogger("adrizzle.worker")
+
+    from adrizzle.api.engine import parse_address  # after logging: keep --help fast
+
+    try:
+        host, port = parse_address(args.driver, 7077)
+        token = auth.resolve_token(None, args.token_file)
+    except (ValueError, auth.TokenError) as exc:
+        log.error("%s", exc)
+        return 2
+    if token is None:
+        log.error("no token: pass --token-file FILE or set %s", auth.TOKEN_ENV)
+        return 2
+    if args.cores < 1:
+        log.error("--cores must be at least 1")
+        return 2
+
+    from adrizzle.worker.runtime import WorkerRuntime
+
+    runtime = WorkerRuntime(
+        host=host,
+        port=port,
+        token=token,
+        cores=args.cores,
+        name=args.name or f"{socket.gethostname()}-{os.getpid()}",
+        connect_timeout=args.connect_timeout,
+        max_frame_bytes=args.max_frame_bytes,
+    )
+    try:
+        import uvloop
+
+        return int(uvloop.run(runtime.run()))
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.run(runtime.run())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""The worker's slot processes: spawn, connect over socketpairs, forward frames, stop.
+
+Each slot is ``python -m adrizzle.worker.slot FD`` holding one end of a socketpair; the worker
+talks to it through a trusted ``Channel`` (no handshake: no other process can reach the pair).
+A slot exits when its socket closes, so slots never outlive their worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from adrizzle.wire.channel import Channel
+from adrizzle.wire.connection import Connection
+from adrizzle.wire.messages import BatchResult, Message, Shutdown, SlotDone, SlotReady
+
+SLOT_MESSAGES = (SlotReady, BatchResult, SlotDone)
+
+
+@dataclasses.dataclass(slots=True)
+class Slot:
+    index: int
+    process: subprocess.Popen[bytes]
+    channel: Channel
+    ready: asyncio.Future[int]
+
+
+OnSlotMessage = Callable[[Slot, Message, bytes], None]
+OnSlotLost = Callable[[Slot], None]
+
+
+class SlotPool:
+    def __init__(self, on_message: OnSlotMessage, on_lost: OnSlotLost) -> None:
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self.slots: list[Slot] = []
+        self._closing = False
+
+    async def start(self, n: int, timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        for index in range(n):
+            ours, theirs = socket.socketpair()
+            try:
+                # Popen only forks and execs: it does not wait for the child, so it does not
+                # block the loop for longer than a fork.
+                proc = subprocess.Popen(  # noqa: ASYNC220
+                    [sys.executable, "-m", "adrizzle.worker.slot", str(theirs.fileno())],
+                    pass_fds=(theirs.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                )
+            finally:
+                theirs.close()
+            ready: asyncio.Future[int] = loop.create_future()
+            conn = Connection(
+                client=True, token=None, hello=None, accepts=SLOT_MESSAGES, trusted=True
+            )
+            _transport, channel = await loop.create_connection(
+                lambda conn=conn, index=index, ready=ready: Channel(  # type: ignore[misc]
+                    conn,
+                    on_message=lambda _ch, m, p: self._dispatch(index, ready, m, p),
+                    on_closed=lambda _ch, _exc: self._closed(index, ready),
+                    name=f"slot-{index}",
+                ),
+                sock=ours,
+            )
+            self.slots.append(Slot(index, proc, channel, ready))
+        try:
+            await asyncio.wait_for(asyncio.gather(*(s.ready for s in self.slots)), timeout)
+        except TimeoutError:
+            raise RuntimeError(f"slot processes did not start within {timeout:g} s") from None
+
+    def _dispatch(
+        self, index: int, ready: asyncio.Future[int], msg: Message, payload: bytes
+    ) -> None:
+        if type(msg) is SlotReady:
+            if not ready.done():
+                ready.set_result(msg.pid)
+            return
+        self._on_message(self.slots[index], msg, payload)
+
+    def _closed(self, index: int, ready: asyncio.Future[int]) -> None:
+        if not ready.done():
+            ready.set_exception(RuntimeError(f"slot {index} exited during start-up"))
+        if not self._closing and index < len(self.slots):
+            self._on_lost(self.slots[index])
+
+    async def close(self, grace: float = 2.0) -> None:
+        self._closing = True
+        for slot in self.slots:
+            if slot.channel.is_open:
+                slot.channel.send(Shutdown())
+            slot.channel.close()
+        deadline = time.monotonic() + grace
+        # Polling: a child's exit is not an awaitable event without a child watcher.
+        while time.monotonic() < deadline and any(s.process.poll() is None for s in self.slots):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        self.kill()
+
+    def kill(self) -> None:
+        """Synchronous: SIGKILL slots still running and reap them all."""
+        self._closing = True
+        for slot in self.slots:
+            if slot.process.poll() is None:
+                slot.process.kill()
+            try:
+                slot.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # pragma: no cover
+                pass

@@ -1,0 +1,67 @@
+"""Shared fixtures: both event loops, real local engines, and a check that no worker leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import psutil
+import pytest
+import uvloop
+
+import adrizzle
+
+
+def adrizzle_processes() -> dict[int, str]:
+    """Every live worker or slot process on this machine, pid -> command line."""
+    found = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if "adrizzle-worker" in cmd or "adrizzle.worker" in cmd:
+            found[proc.info["pid"]] = cmd
+    return found
+
+
+def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
+    deadline = time.monotonic() + timeout
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {p for p in alive if p in adrizzle_processes()}
+        if alive:
+            time.sleep(0.05)
+    return alive
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_workers() -> Iterator[None]:
+    """Fail any test that leaves a worker or slot process behind."""
+    before = set(adrizzle_processes())
+    yield
+    leaked = wait_gone(set(adrizzle_processes()) - before, timeout=10.0)
+    if leaked:
+        procs = adrizzle_processes()
+        for pid in leaked:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+        pytest.fail(f"test leaked worker processes: {[procs.get(p) for p in leaked]}")
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on asyncio's default loop and on uvloop."""
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[adrizzle.Engine]:
+    async with adrizzle.Engine.local(workers=2, cores=1) as eng:
+        yield eng
