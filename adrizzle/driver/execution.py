@@ -188,8 +188,7 @@ class RunExecution:
                     await asyncio.wait_for(self._wakeup, left)
                 except TimeoutError:
                     raise RunTimeoutError(
-                        f"run not finished within {timeout:g} s: "
-                        f"{self.sched.next_to_deliver} of {self.sched.n_jobs} jobs delivered"
+                        f"run not finished within {timeout:g} s: {self.sched.describe_progress()}"
                     ) from None
                 self._wakeup = None
         finally:

@@ -190,6 +190,20 @@ class RunScheduler:
         del self.in_flight[group]
         return True
 
+    def describe_progress(self) -> str:
+        """One line on where the run stands, for timeout and stall errors."""
+        groups = ", ".join(
+            f"group {g} (jobs {st.plan.first_job}..{st.plan.last_job - 1}) awaiting "
+            f"{sorted(st.awaiting)}"
+            for g, st in self.in_flight.items()
+        )
+        waiting = sorted(self._remaining.items())[:3]
+        parts = ", ".join(f"job {j} lacks {n} partitions" for j, n in waiting)
+        return (
+            f"{self.next_to_deliver} of {self.n_jobs} jobs delivered; in flight: "
+            f"{groups or 'none'}; {parts or 'no partial job'}"
+        )
+
     def worker_lost(self, worker: str) -> WorkerLostError | None:
         """The error to fail the run with if ``worker`` held work of this run, else None."""
         involved = [g for g in self.in_flight.values() if worker in g.awaiting]

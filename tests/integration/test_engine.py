@@ -22,7 +22,7 @@ EXPECTED = [sum(range(p * K, (p + 1) * K)) for p in range(P)]
 
 async def test_issue_example(engine: adrizzle.Engine) -> None:
     data = engine.parallelize(range(P * K), partitions=P).cache()
-    per_job = await engine.run_jobs([data] * 100, lambda it: sum(it), group_size=10)
+    per_job = await engine.run_jobs([data] * 100, lambda it: sum(it), group_size=10, timeout=30)
     assert per_job == [EXPECTED] * 100
     seen = []
     async for job in engine.iter_jobs([data.map(lambda x: x * 2)] * 20, sum, group_size=5):
@@ -34,7 +34,7 @@ async def test_issue_example(engine: adrizzle.Engine) -> None:
 async def test_one_launch_and_one_ack_per_worker_per_group(engine: adrizzle.Engine) -> None:
     data = engine.parallelize(range(P * K), partitions=P).cache()
     before = engine.statistics()
-    await engine.run_jobs([data] * 100, sum, group_size=10)
+    await engine.run_jobs([data] * 100, sum, group_size=10, timeout=30)
     # Acks of the last groups may still be on their way when the last result arrives.
     for _ in range(200):
         if engine.statistics()["groups_in_flight"] == 0:

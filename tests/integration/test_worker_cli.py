@@ -1,0 +1,184 @@
+"""The real ``adrizzle-worker`` CLI against a real driver: joining, refusing, exiting."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+import adrizzle
+from adrizzle.driver.local import worker_command
+from tests.conftest import wait_gone
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+TOKEN = "s3cret-token-for-tests"
+
+
+def spawn(*args: str, token: str | None = TOKEN) -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    env.pop("ADRIZZLE_AUTH_TOKEN", None)
+    if token is not None:
+        env["ADRIZZLE_AUTH_TOKEN"] = token
+    return subprocess.Popen(
+        [*worker_command(), *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def wait_exit(proc: subprocess.Popen[str], timeout: float = 20) -> tuple[int, str]:
+    loop = asyncio.get_running_loop()
+    try:
+        _out, err = await loop.run_in_executor(None, lambda: proc.communicate(timeout=timeout))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_help_documents_every_flag() -> None:
+    out = subprocess.run(
+        [*worker_command(), "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for flag in ("--cores", "--token-file", "--name", "--connect-timeout", "--log-level",
+                 "--log-json", "--max-frame-bytes", "ADRIZZLE_AUTH_TOKEN"):  # fmt: skip
+        assert flag in out
+
+
+async def test_external_worker_joins_engine_and_runs_jobs() -> None:
+    async with adrizzle.Engine(listen="127.0.0.1:0", token=TOKEN) as engine:
+        proc = spawn(f"tcp://{engine.address}", "--cores", "2", "--name", "ext-1")
+        try:
+            await engine.wait_for_workers(1, timeout=30)
+            [info] = engine.workers
+            assert (info["id"], info["cores"], info["pid"]) == ("ext-1", 2, proc.pid)
+            data = engine.parallelize(range(100), partitions=4)
+            assert (
+                await engine.run_jobs([data] * 3, sum, group_size=3) == [[300, 925, 1550, 2175]] * 3
+            )
+        finally:
+            slots = {c.pid for c in psutil.Process(proc.pid).children()}
+        # Closing the engine sends shutdown: the worker exits 0 and takes its slots along.
+    code, err = await wait_exit(proc)
+    assert code == 0, err
+    assert "connected to driver" in err
+    assert "exiting" in err
+    assert wait_gone(slots) == set()
+
+
+async def test_wrong_token_exits_nonzero_with_one_clear_line() -> None:
+    async with adrizzle.Engine(listen="127.0.0.1:0", token=TOKEN) as engine:
+        proc = spawn(f"tcp://{engine.address}", "--cores", "1", token="wrong-token")
+        code, err = await wait_exit(proc)
+        assert engine.workers == []
+        assert engine.statistics()["refused_connections"]
+    assert code == 1
+    errors = [line for line in err.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, err
+    assert "authentication" in errors[0]
+    assert "does not hold the token" in errors[0]
+
+
+async def test_unreachable_driver_exits_nonzero_with_one_clear_line() -> None:
+    port = free_port()
+    proc = spawn(f"tcp://127.0.0.1:{port}", "--cores", "1", "--connect-timeout", "2")
+    code, err = await wait_exit(proc)
+    assert code == 1
+    errors = [line for line in err.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, err
+    assert f"cannot connect to driver tcp://127.0.0.1:{port}" in errors[0]
+
+
+async def test_missing_or_exposed_token_is_refused(tmp_path: Path) -> None:
+    code, err = await wait_exit(spawn("tcp://127.0.0.1:1", token=None))
+    assert code == 2
+    assert "no token" in err
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o644)
+    code, err = await wait_exit(spawn("tcp://127.0.0.1:1", "--token-file", str(token_file)))
+    assert code == 2
+    assert "chmod 600" in err
+
+
+async def test_token_file_and_json_logs(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    async with adrizzle.Engine(listen="127.0.0.1:0", token=TOKEN) as engine:
+        proc = spawn(
+            f"tcp://{engine.address}", "--token-file", str(token_file), "--cores", "1",
+            "--log-json", token=None,
+        )  # fmt: skip
+        await engine.wait_for_workers(1, timeout=30)
+    code, err = await wait_exit(proc)
+    assert code == 0
+    import json
+
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any("connected to driver" in rec["msg"] for rec in lines)
+    assert all({"ts", "level", "msg"} <= set(rec) for rec in lines)
+
+
+async def test_sigterm_stops_worker_and_its_slots() -> None:
+    async with adrizzle.Engine(listen="127.0.0.1:0", token=TOKEN) as engine:
+        proc = spawn(f"tcp://{engine.address}", "--cores", "2")
+        await engine.wait_for_workers(1, timeout=30)
+        slots = {c.pid for c in psutil.Process(proc.pid).children()}
+        assert len(slots) == 2
+        proc.send_signal(signal.SIGTERM)
+        code, err = await wait_exit(proc)
+        assert code == 0, err
+        assert "SIGTERM" in err
+        assert wait_gone(slots) == set()
+        for _ in range(100):  # the driver notices the closed connection at once
+            if not engine.workers:
+                break
+            await asyncio.sleep(0.02)
+        assert engine.workers == []
+
+
+def test_worker_exits_when_the_driver_process_dies(tmp_path: Path) -> None:
+    # A driver in another process, SIGKILLed: its workers must notice and exit by themselves.
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import adrizzle, asyncio, sys\n"
+        "async def main():\n"
+        "    engine = adrizzle.Engine.local(workers=1, cores=1)\n"
+        "    await engine.start()\n"
+        "    print(engine.workers[0]['pid'], flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "adrizzle.run(main())\n"
+    )
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout is not None
+        worker_pid = int(driver.stdout.readline())
+        slots = {c.pid for c in psutil.Process(worker_pid).children()}
+        driver.kill()
+        driver.wait()
+        assert wait_gone({worker_pid} | slots, timeout=15) == set()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        if driver.stdout is not None:
+            driver.stdout.close()
