@@ -89,6 +89,7 @@ class Engine:
         max_frame_bytes: int = 1 << 30,
         handshake_timeout: float = 5.0,
         worker_timeout: float = 30.0,
+        result_linger: float = 0.0002,
     ) -> None:
         host, port = parse_address(listen, 7077)
         resolved = auth.resolve_token(token, token_file)
@@ -103,6 +104,10 @@ class Engine:
         self.token = resolved
         self.window = window
         self.worker_timeout = worker_timeout
+        # A slot packs the micro-batches that finish within this many seconds of the first
+        # unsent one into one result frame: each result waits at most this long, and a group of
+        # many tiny batches costs a few frames instead of one per batch.
+        self.result_linger = result_linger
         self._host, self._port = host, port
         self._next_node = itertools.count()
         self._group_ids = itertools.count()
@@ -319,6 +324,7 @@ class Engine:
             routes=self._routes,
             metrics=self._metrics,
             max_buffered=max(4 * group_size * self.window, 64),
+            linger_us=int(self.result_linger * 1e6),
         )
         self._runs.add(run)
         try:

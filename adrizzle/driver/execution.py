@@ -51,6 +51,7 @@ class RunExecution:
         routes: dict[int, RunExecution],
         metrics: DriverMetrics,
         max_buffered: int,
+        linger_us: int = 0,
     ) -> None:
         self.sched = scheduler
         self.programs = programs
@@ -59,6 +60,7 @@ class RunExecution:
         self._routes = routes
         self._metrics = metrics
         self._max_buffered = max_buffered
+        self._linger_us = linger_us
         self._outcomes: deque[JobOutcome] = deque()
         self._wakeup: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
@@ -106,6 +108,7 @@ class RunExecution:
                 slot_data=[len(d) for d in data],
                 program_len=len(blob),
                 release=self._blocks.take_released(share.worker),
+                linger_us=self._linger_us,
             )
             handle.channel.send(msg, b"".join((blob, *data)) if any(data) else blob)
         self._metrics.group_launched(plan.last_job - plan.first_job)
@@ -117,17 +120,22 @@ class RunExecution:
         t0 = time.perf_counter()
         if type(msg) is BatchResult and not self._closed:
             try:
-                values = pickle.loads(payload)
+                batches = pickle.loads(payload)
+                if len(batches) != len(msg.jobs) or len(msg.failed) != len(msg.jobs):
+                    raise ValueError(f"{len(msg.jobs)} jobs but {len(batches)} value lists")
             except Exception as exc:
                 self._fail(
                     AdrizzleError(
-                        f"cannot unpickle results of job {msg.job} from {worker.id}: "
+                        f"cannot read results of jobs {msg.jobs} from {worker.id}: "
                         f"{type(exc).__name__}: {exc}"
                     )
                 )
                 return
-            done = self.sched.batch_result(worker.id, msg.job, msg.parts, values, msg.failed)
-            worker.tasks_done += len(msg.parts)
+            sched = self.sched
+            done: list[JobOutcome] = []
+            for job, values, failed in zip(msg.jobs, batches, msg.failed, strict=True):
+                done += sched.batch_result(worker.id, job, msg.parts, values, failed)
+            worker.tasks_done += len(msg.parts) * len(msg.jobs)
             if done:
                 self._deliver(done)
         elif type(msg) is GroupDone:

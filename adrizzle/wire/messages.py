@@ -83,17 +83,23 @@ class LaunchGroup(Message):
     slot_data: list[int]
     program_len: int
     release: list[int]
+    linger_us: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BatchResult(Message):
-    """Final-stage values of one micro-batch from one slot; payload: pickled list per part."""
+    """Final-stage values of one or more finished micro-batches from one slot.
+
+    ``jobs[i]`` has one value per partition in ``parts`` (``failed[i]`` of them failures). The
+    payload is one pickled list holding, per job, the list of its values. A slot sends a batch
+    as soon as it is done, packing in those that finish within the run's linger time.
+    """
 
     TAG: ClassVar[str] = "batch_result"
     group: int
-    job: int
+    jobs: list[int]
     parts: list[int]
-    failed: int
+    failed: list[int]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -134,6 +140,7 @@ class RunTasks(Message):
     parts: list[int]
     program_len: int
     release: list[int]
+    linger_us: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -192,6 +192,7 @@ class WorkerRuntime:
                 parts=parts,
                 program_len=msg.program_len,
                 release=msg.release,
+                linger_us=msg.linger_us,
             )
             data = view[offset : offset + data_len]
             offset += data_len

@@ -186,7 +186,7 @@ def test_messages_flow_both_ways_with_payloads() -> None:
     assert server.receive_data(client.send(Heartbeat())) == [Received(Heartbeat(), b"")]
     out = server.send(LAUNCH, program) + server.send(Shutdown())
     assert client.receive_data(out) == [Received(LAUNCH, program), Received(Shutdown(), b"")]
-    result = BatchResult(group=1, job=0, parts=[0], failed=0)
+    result = BatchResult(group=1, jobs=[0], parts=[0], failed=[0])
     events = server.receive_data(client.send(result, bytearray(b"values")))
     assert events == [Received(result, b"values")]
     assert type(events[0].payload) is bytes  # type: ignore[union-attr]
@@ -256,7 +256,7 @@ def test_frames_right_after_the_final_auth_use_the_open_limits_on_the_server() -
     client.receive_data(server.initiate())
     assert client.state is State.HANDSHAKE
     # The client cannot send() yet, but a pipelining peer may: craft the frame by hand.
-    result = BatchResult(group=1, job=0, parts=[0], failed=0)
+    result = BatchResult(group=1, jobs=[0], parts=[0], failed=[0])
     pipelined = encode_frame(encode_meta(result), b"x" * 5000)
     events = server.receive_data(c_hello_bytes + client.data_to_send() + pipelined)
     assert len(events) == 2
@@ -539,7 +539,7 @@ def test_pipelined_payload_behind_a_valid_hello_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "msg",
-    [LAUNCH, Heartbeat(), Shutdown(), BatchResult(group=0, job=0, parts=[], failed=0)],
+    [LAUNCH, Heartbeat(), Shutdown(), BatchResult(group=0, jobs=[0], parts=[], failed=[0])],
     ids=lambda m: m.TAG,
 )
 @pytest.mark.parametrize("after_hello", [False, True])
@@ -563,7 +563,7 @@ def test_non_handshake_message_before_authentication_is_refused(
 def test_unexpected_message_type_after_open_is_refused() -> None:
     client, server = open_pair()
     # BatchResult is something the worker sends, never something it accepts.
-    out = server.send(BatchResult(group=0, job=0, parts=[], failed=0), b"x")
+    out = server.send(BatchResult(group=0, jobs=[0], parts=[], failed=[0]), b"x")
     with pytest.raises(RemoteProtocolError, match="unexpected message 'batch_result' from peer"):
         client.receive_data(out)
     assert client.state is State.CLOSED

@@ -55,7 +55,7 @@ SAMPLES: list[Message] = [
         program_len=99,
         release=[1, 2],
     ),
-    BatchResult(group=3, job=11, parts=[0, 2], failed=0),
+    BatchResult(group=3, jobs=[11, 12], parts=[0, 2], failed=[0, 1]),
     GroupDone(group=3, tasks=16, failed=1, busy_us=12345),
     Shutdown(),
     SlotReady(pid=4321),

@@ -1,0 +1,145 @@
+"""adrizzle benchmarks. Every number is measured side by side in one run on this machine.
+
+    python scripts/bench.py single-stage [--batches 200] [--repeats 3] [--quick] [--json]
+
+Sub-commands are added as the engine grows (shuffle, streaming, recovery, scaling, peers, all).
+Results are printed as a markdown table and written under bench-results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import adrizzle
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from floor import floor_ms_per_batch_async
+
+RESULTS = Path(__file__).resolve().parent.parent / "bench-results"
+
+
+def machine() -> str:
+    return (
+        f"{platform.node()} · {os.cpu_count()} cores · Python {platform.python_version()} · "
+        f"adrizzle {adrizzle.__version__} · {datetime.date.today().isoformat()}"
+    )
+
+
+async def _settle(engine: adrizzle.Engine) -> None:
+    """Wait until the acks of the last groups are in, so frame counts are complete."""
+    for _ in range(500):
+        if engine.statistics()["groups_in_flight"] == 0:
+            return
+        await asyncio.sleep(0.002)
+
+
+async def single_stage_once(
+    engine: adrizzle.Engine, data: adrizzle.Dataset, batches: int, group_size: int
+) -> dict[str, float]:
+    before = engine.statistics()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    results = await engine.run_jobs([data] * batches, sum, group_size=group_size)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    await _settle(engine)
+    after = engine.statistics()
+    assert results == [results[0]] * batches
+    tasks = batches * data.partitions
+
+    def delta(kind: str, name: str) -> int:
+        return int(after[kind].get(name, 0) - before[kind].get(name, 0))
+
+    return {
+        "ms_per_batch": wall / batches * 1e3,
+        "launch_per_batch": delta("frames_sent", "launch_group") / batches,
+        "ack_per_batch": delta("frames_received", "group_done") / batches,
+        "result_frames_per_batch": delta("frames_received", "batch_result") / batches,
+        "driver_cpu_us_per_task": cpu / tasks * 1e6,
+    }
+
+
+async def bench_single_stage(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = [1, 10, 100]
+    rows: dict[int, list[dict[str, float]]] = {g: [] for g in sizes}
+    async with adrizzle.Engine.local(workers=args.workers, cores=1) as engine:
+        data = engine.parallelize(range(4 * 1000), partitions=4).cache()
+        await engine.run_jobs([data] * 20, sum, group_size=10)  # warm-up
+        for _ in range(args.repeats):
+            for g in sizes:  # interleaved, so drift hits every size alike
+                rows[g].append(await single_stage_once(engine, data, args.batches, g))
+    floor = {
+        g: await floor_ms_per_batch_async(args.batches, g, workers=args.workers) for g in sizes
+    }
+    table = []
+    for g in sizes:
+        med = {k: statistics.median(r[k] for r in rows[g]) for k in rows[g][0]}
+        med["group_size"] = g
+        med["floor_ms_per_batch"] = floor[g]
+        table.append(med)
+    by_g = {int(r["group_size"]): r for r in table}
+    speedup = by_g[1]["ms_per_batch"] / by_g[100]["ms_per_batch"]
+    lines = [
+        f"### single-stage: 4 partitions x 1000 ints, {args.workers} local workers, "
+        f"{args.batches} micro-batches, median of {args.repeats}",
+        "",
+        "| group size | ms / micro-batch | hand-written floor ms | x floor | launch frames / batch "
+        "| ack frames / batch | result frames / batch | driver CPU µs / task |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {int(r['group_size'])} | {r['ms_per_batch']:.4f} | {r['floor_ms_per_batch']:.4f} "
+            f"| {r['ms_per_batch'] / r['floor_ms_per_batch']:.2f} | {r['launch_per_batch']:.3f} "
+            f"| {r['ack_per_batch']:.3f} | {r['result_frames_per_batch']:.2f} "
+            f"| {r['driver_cpu_us_per_task']:.1f} |"
+        )
+    lines += [
+        "",
+        f"group size 100 is **{speedup:.1f}x** faster per micro-batch than group size 1 "
+        f"(target >= 10x); ack frames per micro-batch = workers / G "
+        f"({args.workers}/G: {', '.join(f'{args.workers / g:g}' for g in sizes)}).",
+    ]
+    return {"name": "single-stage", "rows": table, "speedup_100_vs_1": speedup, "lines": lines}
+
+
+BENCHES = {"single-stage": bench_single_stage}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("bench", choices=[*BENCHES, "all"])
+    parser.add_argument("--batches", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, for a smoke run")
+    parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats = 1
+    names = list(BENCHES) if args.bench == "all" else [args.bench]
+    RESULTS.mkdir(exist_ok=True)
+    summary = {"machine": machine(), "results": []}
+    for name in names:
+        result = adrizzle.run(BENCHES[name](args))
+        text = "\n".join([f"_{machine()}_", "", *result.pop("lines")])
+        (RESULTS / f"{name}.md").write_text(text + "\n")
+        if not args.json:
+            print(text, flush=True)
+        summary["results"].append(result)
+    if args.json:
+        print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
