@@ -13,7 +13,7 @@ import itertools
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adrizzle.api.dataset import Dataset, split_evenly
 from adrizzle.api.program import FunctionSource, ShippedSource, StageProgram
@@ -28,6 +28,9 @@ from adrizzle.wire import auth
 from adrizzle.wire.channel import FrameCounter
 from adrizzle.wire.framing import FrameLimits
 from adrizzle.wire.messages import Heartbeat, Message
+
+if TYPE_CHECKING:
+    from adrizzle.status.server import StatusServer
 
 log = logging.getLogger("adrizzle.driver")
 
@@ -90,6 +93,7 @@ class Engine:
         handshake_timeout: float = 5.0,
         worker_timeout: float = 30.0,
         result_linger: float = 0.0002,
+        status: str | None = None,
     ) -> None:
         host, port = parse_address(listen, 7077)
         resolved = auth.resolve_token(token, token_file)
@@ -127,6 +131,8 @@ class Engine:
             on_lost=self._on_lost,
             handshake_timeout=handshake_timeout,
         )
+        self._status_address = status
+        self._status: StatusServer | None = None
         self._local: LocalWorkers | None = None
         self._local_spec: tuple[int, int] | None = None
         self._started = False
@@ -150,6 +156,15 @@ class Engine:
             return self
         self._started = True
         await self._cluster.start()
+        if self._status_address is not None:
+            from adrizzle.status.server import StatusServer
+
+            self._status = StatusServer(self, self._status_address)
+            try:
+                await self._status.start()
+            except BaseException:
+                await self.close()
+                raise
         if self._local_spec is not None:
             n, cores = self._local_spec
             self._local = LocalWorkers(driver_address=self.address, token=self.token)
@@ -169,6 +184,8 @@ class Engine:
         for run in list(self._runs):
             run._fail(AdrizzleError("the engine was closed"))
         try:
+            if self._status is not None:
+                await self._status.stop()
             await self._cluster.close()
         finally:
             if self._local is not None:
@@ -188,6 +205,11 @@ class Engine:
     def address(self) -> str:
         """The driver's listen address, ``host:port`` (the actual port when 0 was asked)."""
         return self._cluster.address
+
+    @property
+    def status_url(self) -> str | None:
+        """``http://host:port`` of the status server, or None when it is off."""
+        return self._status.url if self._status is not None else None
 
     @property
     def workers(self) -> list[dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""The driver's read-only status server: JSON status, Prometheus metrics, health, dashboard."""
