@@ -1,8 +1,9 @@
 """Dataset: a lazily described, partitioned collection with lineage (Spark's RDD, narrow part).
 
 A dataset is a chain of nodes from a source (``parallelize``, ``generate``) through narrow
-transformations; nothing runs until a job is submitted with ``Engine.run_jobs``. ``cache()``
-marks a node whose partitions stay in the slot that computed them.
+transformations; ``reduce_by_key``, ``group_by_key``, ``join`` and ``count_by_key`` start a new
+stage behind a shuffle. Nothing runs until a job is submitted with ``Engine.run_jobs``.
+``cache()`` marks a node whose partitions stay in the slot that computed them.
 """
 
 from __future__ import annotations
@@ -12,11 +13,17 @@ from typing import TYPE_CHECKING, Any
 from adrizzle.api.program import (
     FILTER,
     FLAT_MAP,
+    GROUP,
+    JOIN,
     MAP,
     MAP_PARTITIONS,
+    REDUCE,
     Action,
     FunctionSource,
+    JobProgram,
     ShippedSource,
+    ShuffleRead,
+    ShuffleWrite,
     Source,
     StageProgram,
     Step,
@@ -42,6 +49,7 @@ class Dataset:
         "_kind",
         "_parent",
         "_source",
+        "_wide_parents",
         "engine",
         "func",
         "node_id",
@@ -57,6 +65,7 @@ class Dataset:
         parent: Dataset | None = None,
         kind: str = "",
         func: Callable[..., Any] | None = None,
+        wide_parents: tuple[Dataset, ...] = (),
     ) -> None:
         self.engine = engine
         self.node_id = engine._new_node_id() if source is None else source.node_id
@@ -65,11 +74,11 @@ class Dataset:
         self._parent = parent
         self._kind = kind
         self.func = func
+        self._wide_parents = wide_parents
         self._cached = False
 
     def __repr__(self) -> str:
-        kinds = "->".join(self.shape()[1]) or "source"
-        return f"<Dataset {self.node_id} {kinds} partitions={self.partitions}>"
+        return f"<Dataset {self.node_id} {self._kind or 'source'} partitions={self.partitions}>"
 
     # -- narrow transformations ----------------------------------------------------------
 
@@ -90,6 +99,42 @@ class Dataset:
     def map_partitions(self, func: Callable[[Iterator[Any]], Iterable[Any]]) -> Dataset:
         return self._narrow(MAP_PARTITIONS, func)
 
+    # -- wide transformations (a shuffle, then a new stage) ---------------------------------
+
+    def _wide(self, kind: str, func: Any, partitions: int | None, *others: Dataset) -> Dataset:
+        n = partitions or self.partitions
+        if n < 1:
+            raise ValueError(f"partitions must be >= 1, got {n}")
+        for other in others:
+            if other.engine is not self.engine:
+                raise ValueError(f"{kind}: both datasets must belong to the same engine")
+        return Dataset(
+            self.engine, partitions=n, kind=kind, func=func, wide_parents=(self, *others)
+        )
+
+    def reduce_by_key(
+        self, func: Callable[[Any, Any], Any], partitions: int | None = None
+    ) -> Dataset:
+        """``(key, value)`` pairs -> one ``(key, func-reduced value)`` per key. Values are
+        combined on the map side before the shuffle, as Spark does."""
+        if not callable(func):
+            raise TypeError("reduce_by_key() needs a callable func(a, b)")
+        return self._wide(REDUCE, func, partitions)
+
+    def group_by_key(self, partitions: int | None = None) -> Dataset:
+        """``(key, value)`` pairs -> ``(key, [values...])`` per key."""
+        return self._wide(GROUP, None, partitions)
+
+    def join(self, other: Dataset, partitions: int | None = None) -> Dataset:
+        """Inner join of two ``(key, value)`` datasets -> ``(key, (left, right))`` per match."""
+        if not isinstance(other, Dataset):
+            raise TypeError(f"join() needs a Dataset, got {type(other).__name__}")
+        return self._wide(JOIN, None, partitions, other)
+
+    def count_by_key(self, partitions: int | None = None) -> Dataset:
+        """``(key, value)`` pairs -> ``(key, count)`` per key."""
+        return self.map(_key_one).reduce_by_key(_add, partitions)
+
     def cache(self) -> Dataset:
         """Keep this dataset's partitions in the slot that computes them (pinned there)."""
         if not self._cached:
@@ -103,29 +148,58 @@ class Dataset:
 
     # -- planning ------------------------------------------------------------------------
 
-    def _chain(self) -> tuple[Source, list[Dataset]]:
+    def _chain(self) -> tuple[Dataset, list[Dataset]]:
+        """The stage's input node (a source or a wide node) and the narrow nodes after it."""
         nodes: list[Dataset] = []
-        node: Dataset | None = self
-        while node is not None and node._source is None:
+        node = self
+        while node._source is None and not node._wide_parents:
             nodes.append(node)
+            assert node._parent is not None
             node = node._parent
-        assert node is not None
-        assert node._source is not None
         nodes.reverse()
-        return node._source, nodes
+        return node, nodes
 
-    def shape(self) -> tuple[int, tuple[str, ...]]:
-        """The stage structure: jobs of one ``run_jobs`` call must all have the same shape."""
-        _source, nodes = self._chain()
-        return self.partitions, tuple(n._kind for n in nodes)
+    def plan(self, action: Action) -> JobProgram:
+        """This dataset's job as stages in topological order, the last one running ``action``."""
+        stages: list[StageProgram] = []
+        self._plan_into(stages, None)
+        return JobProgram(tuple(stages), action)
 
-    def program(self, action: Action) -> StageProgram:
-        source, nodes = self._chain()
+    def _plan_into(self, stages: list[StageProgram], output: ShuffleWrite | None) -> int:
+        head, nodes = self._chain()
         steps = tuple(Step(n.node_id, n._kind, n.func, n._cached) for n in nodes if n.func)
-        return StageProgram(source, steps, action)
+        if head._source is not None:
+            if head._cached and isinstance(head._source, FunctionSource):
+                steps = (Step(head.node_id, MAP_PARTITIONS, _identity, True), *steps)
+            stage_input: Source | ShuffleRead = head._source
+        else:
+            combine = head.func if head._kind == REDUCE else None
+            write = ShuffleWrite(head.partitions, combine)
+            shuffles = tuple(
+                (parent._plan_into(stages, write), parent.partitions)
+                for parent in head._wide_parents
+            )
+            stage_input = ShuffleRead(head._kind, shuffles, head.func)
+            if head._cached:
+                steps = (Step(head.node_id, MAP_PARTITIONS, _identity, True), *steps)
+        stages.append(StageProgram(self.partitions, stage_input, steps, output))
+        return len(stages) - 1
 
-    def source(self) -> Source:
-        return self._chain()[0]
+    def shape(self) -> tuple[Any, ...]:
+        """The stage structure: jobs of one ``run_jobs`` call must all have the same shape."""
+        return self.plan(_identity).shape()
+
+
+def _identity(it: Any) -> Any:
+    return it
+
+
+def _key_one(kv: tuple[Any, Any]) -> tuple[Any, int]:
+    return (kv[0], 1)
+
+
+def _add(a: int, b: int) -> int:
+    return a + b
 
 
 def split_evenly(data: Iterable[Any], partitions: int) -> list[list[Any]]:

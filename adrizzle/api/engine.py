@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from adrizzle.api.dataset import Dataset, split_evenly
-from adrizzle.api.program import FunctionSource, ShippedSource, StageProgram
+from adrizzle.api.program import FunctionSource, JobProgram, ShippedSource
 from adrizzle.driver.blocks import BlockRegistry
 from adrizzle.driver.cluster import Cluster, WorkerHandle
-from adrizzle.driver.execution import RunExecution
+from adrizzle.driver.execution import RunExecution, run_waves
 from adrizzle.driver.local import LocalWorkers
 from adrizzle.driver.metrics import DriverMetrics
 from adrizzle.driver.scheduler import RunScheduler, interleave_slots, place_partitions
@@ -27,7 +27,7 @@ from adrizzle.errors import AdrizzleError, NoWorkersError, TaskError
 from adrizzle.wire import auth
 from adrizzle.wire.channel import FrameCounter
 from adrizzle.wire.framing import FrameLimits
-from adrizzle.wire.messages import Heartbeat, Message
+from adrizzle.wire.messages import ClusterView, Heartbeat, Message
 
 if TYPE_CHECKING:
     from adrizzle.status.server import StatusServer
@@ -273,6 +273,7 @@ class Engine:
         funcs: Func | Sequence[Func],
         group_size: int = 1,
         *,
+        pre_schedule: bool = True,
         return_exceptions: bool = False,
         timeout: float | None = None,
     ) -> list[Any]:
@@ -281,11 +282,18 @@ class Engine:
 
         If a job's user code raises, the other jobs still run to completion, then the first
         ``TaskError`` is raised (or, with ``return_exceptions=True``, stands in its place).
+        Jobs with shuffles are pre-scheduled: reducers are placed with the map tasks and map
+        outputs are pushed to them; ``pre_schedule=False`` runs them Spark's way (BSP).
         """
         results: list[Any] = []
         first_error: TaskError | None = None
         async for job in self.iter_jobs(
-            datasets, funcs, group_size, return_exceptions=True, timeout=timeout
+            datasets,
+            funcs,
+            group_size,
+            pre_schedule=pre_schedule,
+            return_exceptions=True,
+            timeout=timeout,
         ):
             if job.error is not None:
                 first_error = first_error or job.error
@@ -302,12 +310,13 @@ class Engine:
         funcs: Func | Sequence[Func],
         group_size: int = 1,
         *,
+        pre_schedule: bool = True,
         return_exceptions: bool = False,
         timeout: float | None = None,
     ) -> AsyncIterator[JobResult]:
         """Like ``run_jobs`` but yields ``JobResult(index, values)`` as each micro-batch
         completes, in job order, without waiting for the rest of its group."""
-        run = await self._start_run(datasets, funcs, group_size)
+        run = await self._start_run(datasets, funcs, group_size, pre_schedule)
         try:
             async for outcome in run.outcomes(timeout):
                 if outcome.error is not None and not return_exceptions:
@@ -318,7 +327,11 @@ class Engine:
             run.close()
 
     async def _start_run(
-        self, datasets: Sequence[Dataset], funcs: Func | Sequence[Func], group_size: int
+        self,
+        datasets: Sequence[Dataset],
+        funcs: Func | Sequence[Func],
+        group_size: int,
+        pre_schedule: bool,
     ) -> RunExecution:
         programs = self._programs(datasets, funcs)
         if not self._started or self._closed:
@@ -329,24 +342,32 @@ class Engine:
             await self.wait_for_workers(1, timeout=self.worker_timeout)
         handles = sorted(self._cluster.workers.values(), key=lambda h: h.id)
         slots = interleave_slots((h.id, h.cores) for h in handles)
-        partitions = datasets[0].partitions if datasets else 0
+        stages = programs[0].stages if programs else ()
+        partitions = stages[-1].partitions if stages else 0
         scheduler = RunScheduler(
             n_jobs=len(programs),
             partitions=partitions,
             group_size=group_size,
             window=self.window,
-            shares=place_partitions(partitions, slots) if partitions else [],
+            shares=(
+                place_partitions(partitions, slots, [s.partitions for s in stages])
+                if partitions
+                else []
+            ),
             group_ids=self._group_ids,
+            waves=len(run_waves(programs[0], pre_schedule)) if programs else 1,
         )
         run = RunExecution(
             scheduler=scheduler,
             programs=programs,
+            slots=slots,
             workers=self._cluster.workers,
             blocks=self._blocks,
             routes=self._routes,
             metrics=self._metrics,
             max_buffered=max(4 * group_size * self.window, 64),
             linger_us=int(self.result_linger * 1e6),
+            pre_schedule=pre_schedule,
         )
         self._runs.add(run)
         try:
@@ -359,7 +380,7 @@ class Engine:
 
     def _programs(
         self, datasets: Sequence[Dataset], funcs: Func | Sequence[Func]
-    ) -> list[StageProgram]:
+    ) -> list[JobProgram]:
         datasets = list(datasets)
         if callable(funcs):
             func_list: list[Func] = [funcs] * len(datasets)
@@ -370,28 +391,26 @@ class Engine:
             for f in func_list:
                 if not callable(f):
                     raise TypeError(f"job functions must be callable, got {type(f).__name__}")
-        if not datasets:
-            return []
         shape = None
-        programs: list[StageProgram] = []
-        cache: dict[tuple[int, int], StageProgram] = {}
+        programs: list[JobProgram] = []
+        cache: dict[tuple[int, int], JobProgram] = {}
         for i, (ds, f) in enumerate(zip(datasets, func_list, strict=True)):
             if not isinstance(ds, Dataset):
                 raise TypeError(f"job {i}: expected a Dataset, got {type(ds).__name__}")
             if ds.engine is not self:
                 raise ValueError(f"job {i}: the dataset belongs to another engine")
-            s = ds.shape()
-            if shape is None:
-                shape = s
-            elif s != shape:
-                raise ValueError(
-                    f"jobs of one call must share their stage structure: job 0 is {shape}, "
-                    f"job {i} is {s}"
-                )
             key = (id(ds), id(f))
             program = cache.get(key)
             if program is None:
-                program = cache[key] = ds.program(f)
+                program = cache[key] = ds.plan(f)
+                s = program.shape()
+                if shape is None:
+                    shape = s
+                elif s != shape:
+                    raise ValueError(
+                        f"jobs of one call must share their stage structure: job 0 is {shape}, "
+                        f"job {i} is {s}"
+                    )
             programs.append(program)
         return programs
 
@@ -406,11 +425,24 @@ class Engine:
 
     def _on_joined(self, worker: WorkerHandle) -> None:
         self._blocks.add_worker(worker.id)
+        self._broadcast_cluster_view()
 
     def _on_lost(self, worker: WorkerHandle) -> None:
         self._blocks.forget_worker(worker.id)
+        self._broadcast_cluster_view()
         for run in list(self._runs):
             run.on_worker_lost(worker)
+
+    def _broadcast_cluster_view(self) -> None:
+        """Every worker learns every worker's data address (for shuffle pushes)."""
+        handles = sorted(self._cluster.workers.values(), key=lambda h: h.id)
+        view = ClusterView(
+            workers=[h.id for h in handles],
+            data_addresses=[h.data_address or "" for h in handles],
+        )
+        for handle in handles:
+            if handle.channel.is_open:
+                handle.channel.send(view)
 
     # -- monitoring ----------------------------------------------------------------------
 

@@ -1,9 +1,13 @@
-"""Stage programs: what a slot executes for one task, shipped pickled once per group.
+"""Job programs: what slots execute, shipped pickled once per group.
 
-A ``StageProgram`` is a narrow chain (source, then map/filter/flat_map/map_partitions steps, some
-marked cached) ending in the job's action. Slots keep a block store keyed by
-``(node_id, partition)`` holding shipped source partitions and cached results; running a task
-starts from the deepest cached block present and falls back to the source.
+A ``JobProgram`` is a job's stages in topological order. Each ``StageProgram`` reads its
+partition from a source (``ShippedSource``/``FunctionSource``) or from the shuffles feeding it
+(``ShuffleRead``), applies its narrow steps (some cached), and either writes a shuffle
+(``ShuffleWrite``: map side, partitioned by ``portable_hash``, combined per key for
+``reduce_by_key``) or, in the last stage, hands the iterator to the job's action.
+
+Slots keep a block store keyed by ``(node_id, partition)`` holding shipped source partitions and
+cached results. Everything here is plain functions over plain data: no I/O.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from adrizzle.api.partitioning import portable_hash
+
 BlockStore = dict[tuple[int, int], list[Any]]
 Action = Callable[[Iterator[Any]], Any]
 
 MAP, FILTER, FLAT_MAP, MAP_PARTITIONS = "map", "filter", "flat_map", "map_partitions"
 NARROW_KINDS = (MAP, FILTER, FLAT_MAP, MAP_PARTITIONS)
+REDUCE, GROUP, JOIN = "reduce_by_key", "group_by_key", "join"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +59,79 @@ Source = ShippedSource | FunctionSource
 
 
 @dataclass(frozen=True, slots=True)
+class ShuffleRead:
+    """Reduce side of one shuffle (two for a join): ``shuffles`` is ``((stage, maps), ...)``,
+    the producing stage's index in the job and its number of map partitions."""
+
+    kind: str
+    shuffles: tuple[tuple[int, int], ...]
+    func: Callable[[Any, Any], Any] | None = None
+
+    def read(self, blocks: list[list[Any]]) -> Iterator[Any]:
+        """``blocks[i]`` holds the map blocks of ``shuffles[i]``, in map-partition order."""
+        if self.kind == REDUCE:
+            func = self.func
+            assert func is not None
+            merged: dict[Any, Any] = {}
+            for block in blocks[0]:
+                for k, v in block.items():
+                    merged[k] = func(merged[k], v) if k in merged else v
+            return iter(merged.items())
+        if self.kind == GROUP:
+            groups: dict[Any, list[Any]] = {}
+            for block in blocks[0]:
+                for k, v in block:
+                    groups.setdefault(k, []).append(v)
+            return iter(groups.items())
+        left: dict[Any, list[Any]] = {}
+        for block in blocks[0]:
+            for k, v in block:
+                left.setdefault(k, []).append(v)
+        right: dict[Any, list[Any]] = {}
+        for block in blocks[1]:
+            for k, v in block:
+                if k in left:
+                    right.setdefault(k, []).append(v)
+        return ((k, (lv, rv)) for k, rvs in right.items() for lv in left[k] for rv in rvs)
+
+
+@dataclass(frozen=True, slots=True)
+class ShuffleWrite:
+    """Map side: split a partition's ``(key, value)`` pairs into one block per reducer."""
+
+    partitions: int
+    combine: Callable[[Any, Any], Any] | None = None
+
+    def split(self, it: Iterator[Any]) -> list[Any]:
+        # Per element only a dict operation (and the combine call); the portable hash runs
+        # once per distinct key, which is what makes a Python map task cheap.
+        n = self.partitions
+        combine = self.combine
+        try:
+            if combine is not None:
+                acc: dict[Any, Any] = {}
+                for k, v in it:
+                    acc[k] = combine(acc[k], v) if k in acc else v
+                combined: list[dict[Any, Any]] = [{} for _ in range(n)]
+                for k, v in acc.items():
+                    combined[portable_hash(k) % n][k] = v
+                return combined
+            pairs: list[list[tuple[Any, Any]]] = [[] for _ in range(n)]
+            target: dict[Any, list[tuple[Any, Any]]] = {}
+            for kv in it:
+                k = kv[0]
+                bucket = target.get(k)
+                if bucket is None:
+                    bucket = target[k] = pairs[portable_hash(k) % n]
+                bucket.append((k, kv[1]))
+            return pairs
+        except (TypeError, ValueError, IndexError) as exc:
+            if isinstance(exc, IndexError) or "unpack" in str(exc) or "subscriptable" in str(exc):
+                raise TypeError(f"a shuffle needs (key, value) pairs: {exc}") from exc
+            raise
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     node_id: int
     kind: str
@@ -71,11 +151,13 @@ def _apply(kind: str, func: Callable[..., Any], it: Iterator[Any]) -> Iterator[A
 
 @dataclass(frozen=True, slots=True)
 class StageProgram:
-    source: Source
+    partitions: int
+    input: Source | ShuffleRead
     steps: tuple[Step, ...]
-    action: Action
+    output: ShuffleWrite | None  # None: the job's result stage
 
-    def run(self, partition: int, store: BlockStore) -> Any:
+    def compute(self, partition: int, store: BlockStore, inputs: Iterator[Any] | None) -> Any:
+        """The stage's output iterator for ``partition`` (``inputs``: the shuffle read)."""
         steps = self.steps
         it: Iterator[Any] | None = None
         start = 0
@@ -87,14 +169,49 @@ class StageProgram:
                     it, start = iter(block), i + 1
                     break
         if it is None:
-            it = self.source.read(partition, store)
+            if inputs is not None:
+                it = inputs
+            else:
+                assert not isinstance(self.input, ShuffleRead)
+                it = self.input.read(partition, store)
         for step in steps[start:]:
             it = _apply(step.kind, step.func, it)
             if step.cache:
                 block = list(it)
                 store[(step.node_id, partition)] = block
                 it = iter(block)
-        return self.action(it)
+        return it
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgram:
+    stages: tuple[StageProgram, ...]
+    action: Action
+
+    def shape(self) -> tuple[Any, ...]:
+        """The stage structure: jobs of one run must share it."""
+        return tuple(
+            (
+                s.partitions,
+                type(s.input).__name__,
+                s.input.kind if isinstance(s.input, ShuffleRead) else "",
+                s.input.shuffles if isinstance(s.input, ShuffleRead) else (),
+                tuple(step.kind for step in s.steps),
+                s.output.partitions if s.output else None,
+            )
+            for s in self.stages
+        )
+
+
+def stage_waves(stages: tuple[StageProgram, ...]) -> list[list[int]]:
+    """Stages grouped by depth: every stage's inputs are in earlier waves (the BSP barriers)."""
+    depth: list[int] = []
+    for s in stages:
+        if isinstance(s.input, ShuffleRead):
+            depth.append(1 + max(depth[i] for i, _maps in s.input.shuffles))
+        else:
+            depth.append(0)
+    return [[i for i, d in enumerate(depth) if d == w] for w in range(max(depth) + 1)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,19 +226,3 @@ class TaskFailure:
     def capture(cls, exc: BaseException) -> TaskFailure:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         return cls(type(exc).__qualname__, str(exc), tb)
-
-
-def run_tasks(
-    programs: list[StageProgram], jobs: range, parts: list[int], store: BlockStore
-) -> Iterator[tuple[int, list[Any], int]]:
-    """Run every task of a slot's share of a group, yielding ``(job, values, failed)`` per job."""
-    for job, program in zip(jobs, programs, strict=True):
-        values: list[Any] = []
-        failed = 0
-        for p in parts:
-            try:
-                values.append(program.run(p, store))
-            except Exception as exc:
-                values.append(TaskFailure.capture(exc))
-                failed += 1
-        yield job, values, failed

@@ -62,11 +62,12 @@ class BlockRegistry:
         return out
 
     def missing_blocks(
-        self, worker: str, slot: int, node_ids: Iterable[int], parts: list[int]
+        self, worker: str, slot: int, sources: Iterable[tuple[int, list[int]]]
     ) -> bytes:
-        """Pickled ``{(node, partition): data}`` the slot lacks (marked shipped), or b""."""
+        """Pickled ``{(node, partition): data}`` of the ``(node, partitions)`` the slot lacks
+        (they are marked shipped), or b"" when it has them all."""
         need: dict[tuple[int, int], list[Any]] = {}
-        for node_id in node_ids:
+        for node_id, parts in sources:
             data = self._sources.get(node_id)
             if data is None:
                 continue

@@ -1,10 +1,15 @@
 """The asyncio shell of one run: launches the groups a ``RunScheduler`` plans, feeds it results.
 
-Per group it pickles the group's stage programs once, builds one ``launch_group`` frame per
+Per group it pickles the group's job programs once, builds one ``launch_group`` frame per
 worker (the program bytes plus any source blocks a slot still lacks) and sends it. Incoming
 ``batch_result`` frames are unpickled and handed to the scheduler; finished jobs go to the
 caller's queue immediately. The next group is launched when a group is fully acknowledged, so
 ``window`` groups stay in flight and workers never wait for the driver.
+
+Pre-scheduled (the default), every stage of a group's jobs goes out in that one launch and
+map outputs are pushed between workers with no driver involvement. With ``pre_schedule=False``
+(BSP, Spark's way) each wave of stages is launched only after the previous wave is
+acknowledged, map outputs are held where they were made, and reducers fetch them.
 """
 
 from __future__ import annotations
@@ -17,20 +22,21 @@ from typing import TYPE_CHECKING
 
 import cloudpickle
 
-from adrizzle.api.program import ShippedSource, StageProgram
+from adrizzle.api.program import ShippedSource, ShuffleRead, stage_waves
 from adrizzle.errors import AdrizzleError, RunTimeoutError, SerializationError, WorkerLostError
 from adrizzle.wire.messages import BatchResult, GroupDone, LaunchGroup, Message
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from adrizzle.api.program import JobProgram
     from adrizzle.driver.blocks import BlockRegistry
     from adrizzle.driver.cluster import WorkerHandle
     from adrizzle.driver.metrics import DriverMetrics
-    from adrizzle.driver.scheduler import GroupPlan, JobOutcome, RunScheduler
+    from adrizzle.driver.scheduler import GroupPlan, JobOutcome, RunScheduler, SlotRef
 
 
-def serialize_programs(programs: list[StageProgram], first_job: int) -> bytes:
+def serialize_programs(programs: list[JobProgram], first_job: int) -> bytes:
     try:
         return bytes(cloudpickle.dumps(programs))
     except Exception as exc:
@@ -40,18 +46,27 @@ def serialize_programs(programs: list[StageProgram], first_job: int) -> bytes:
         ) from exc
 
 
+def run_waves(program: JobProgram, pre_schedule: bool) -> list[list[int]]:
+    """The stages launched together: all at once when pre-scheduled, else one wave each."""
+    if pre_schedule:
+        return [list(range(len(program.stages)))]
+    return stage_waves(program.stages)
+
+
 class RunExecution:
     def __init__(
         self,
         *,
         scheduler: RunScheduler,
-        programs: list[StageProgram],
+        programs: list[JobProgram],
+        slots: list[SlotRef],
         workers: dict[str, WorkerHandle],
         blocks: BlockRegistry,
         routes: dict[int, RunExecution],
         metrics: DriverMetrics,
         max_buffered: int,
         linger_us: int = 0,
+        pre_schedule: bool = True,
     ) -> None:
         self.sched = scheduler
         self.programs = programs
@@ -61,10 +76,16 @@ class RunExecution:
         self._metrics = metrics
         self._max_buffered = max_buffered
         self._linger_us = linger_us
+        self._pre_schedule = pre_schedule
+        self._placement_workers = [s.worker for s in slots]
+        self._placement_slots = [s.slot for s in slots]
+        self._slot_index = {(s.worker, s.slot): i for i, s in enumerate(slots)}
+        self._waves = run_waves(programs[0], pre_schedule) if programs else [[]]
         self._outcomes: deque[JobOutcome] = deque()
         self._wakeup: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
         self._closed = False
+        self._group_blob: tuple[int, bytes] = (-1, b"")
         self.coordination_s = 0.0
 
     # -- control -------------------------------------------------------------------------
@@ -84,11 +105,38 @@ class RunExecution:
                 return
             self._launch(plan)
 
+    def _sources_on_slot(
+        self, plan: GroupPlan, stages: list[int], slot_index: int
+    ) -> list[tuple[int, list[int]]]:
+        n = len(self._placement_slots)
+        found: dict[int, list[int]] = {}
+        programs = self.programs[plan.first_job : plan.last_job]
+        for program in {id(p): p for p in programs}.values():
+            for i in stages:
+                stage = program.stages[i]
+                if type(stage.input) is ShippedSource and stage.input.node_id not in found:
+                    found[stage.input.node_id] = list(range(slot_index, stage.partitions, n))
+        return list(found.items())
+
     def _launch(self, plan: GroupPlan) -> None:
         t0 = time.perf_counter()
-        programs = self.programs[plan.first_job : plan.last_job]
-        blob = serialize_programs(programs, plan.first_job)
-        shipped = {p.source.node_id for p in programs if type(p.source) is ShippedSource}
+        stages = self._waves[plan.wave]
+        if self._group_blob[0] != plan.group:  # a BSP group re-uses its blob for every wave
+            programs = self.programs[plan.first_job : plan.last_job]
+            self._group_blob = (plan.group, serialize_programs(programs, plan.first_job))
+        blob = self._group_blob[1]
+        fetch = (
+            sorted(
+                {
+                    i
+                    for j in stages
+                    if isinstance(inp := self.programs[plan.first_job].stages[j].input, ShuffleRead)
+                    for i, _maps in inp.shuffles
+                }
+            )
+            if not self._pre_schedule
+            else []
+        )
         self._routes[plan.group] = self
         for share in plan.shares:
             handle = self._workers.get(share.worker)
@@ -96,22 +144,31 @@ class RunExecution:
                 self._fail(WorkerLostError(f"worker {share.worker} is gone"))
                 return
             data = [
-                self._blocks.missing_blocks(share.worker, slot, shipped, parts)
-                for slot, parts in zip(share.slot_ids, share.slot_parts, strict=True)
+                self._blocks.missing_blocks(
+                    share.worker,
+                    slot,
+                    self._sources_on_slot(plan, stages, self._slot_index[(share.worker, slot)]),
+                )
+                for slot in share.slot_ids
             ]
             msg = LaunchGroup(
                 group=plan.group,
                 first_job=plan.first_job,
                 last_job=plan.last_job,
+                stages=stages,
+                placement_workers=self._placement_workers,
+                placement_slots=self._placement_slots,
                 slot_ids=share.slot_ids,
-                slot_parts=share.slot_parts,
                 slot_data=[len(d) for d in data],
                 program_len=len(blob),
                 release=self._blocks.take_released(share.worker),
                 linger_us=self._linger_us,
+                hold=0 if self._pre_schedule else 1,
+                fetch=fetch,
             )
             handle.channel.send(msg, b"".join((blob, *data)) if any(data) else blob)
-        self._metrics.group_launched(plan.last_job - plan.first_job)
+        if plan.wave == 0:
+            self._metrics.group_launched(plan.last_job - plan.first_job)
         self.coordination_s += time.perf_counter() - t0
 
     # -- stimuli from the cluster --------------------------------------------------------
@@ -140,7 +197,10 @@ class RunExecution:
                 self._deliver(done)
         elif type(msg) is GroupDone:
             worker.groups_done += 1
-            if self.sched.group_done(worker.id, msg.group):
+            finished, next_wave = self.sched.group_done(worker.id, msg.group)
+            if next_wave is not None:
+                self._launch(next_wave)
+            elif finished:
                 del self._routes[msg.group]
                 self._metrics.group_acked()
                 self._launch_more()
@@ -151,8 +211,10 @@ class RunExecution:
         if err is not None:
             self._fail(err)
         for group, state in list(self.sched.in_flight.items()):
-            if worker.id in state.awaiting and self.sched.group_done(worker.id, group):
-                self._routes.pop(group, None)
+            if worker.id in state.awaiting:
+                finished, _next = self.sched.group_done(worker.id, group)
+                if finished:
+                    self._routes.pop(group, None)
 
     # -- delivery ------------------------------------------------------------------------
 

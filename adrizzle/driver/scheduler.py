@@ -26,11 +26,11 @@ class SlotRef:
 
 @dataclasses.dataclass(slots=True)
 class WorkerShare:
-    """One worker's part of a group: the partitions each of its slots runs, for every job."""
+    """One worker's part of a run: its slots that have a task in some stage."""
 
     worker: str
     slot_ids: list[int]
-    slot_parts: list[list[int]]
+    slot_parts: list[list[int]]  # per slot, its partitions of the result stage
 
 
 @dataclasses.dataclass(slots=True)
@@ -39,6 +39,7 @@ class GroupPlan:
     first_job: int
     last_job: int
     shares: list[WorkerShare]
+    wave: int = 0
 
     @property
     def jobs(self) -> range:
@@ -60,22 +61,27 @@ class _GroupState:
     awaiting: set[str]
 
 
-def place_partitions(partitions: int, slots: Sequence[SlotRef]) -> list[WorkerShare]:
-    """Pin partition ``p`` to ``slots[p % len(slots)]``; group the result by worker.
+def place_partitions(
+    partitions: int, slots: Sequence[SlotRef], stage_partitions: Sequence[int] = ()
+) -> list[WorkerShare]:
+    """Pin partition ``p`` of every stage to ``slots[p % len(slots)]``; group by worker.
 
-    ``slots`` should interleave workers (w0/s0, w1/s0, w0/s1, ...) so that consecutive
-    partitions spread across hosts before they stack up on one.
+    ``partitions`` is the result stage's count; ``stage_partitions`` the other stages' counts
+    (a slot with a task in any stage takes part in the group). ``slots`` should interleave
+    workers (w0/s0, w1/s0, w0/s1, ...) so that consecutive partitions spread across hosts.
     """
     if not slots:
         raise ValueError("no slots to place partitions on")
-    per_slot: dict[SlotRef, list[int]] = {}
+    n = len(slots)
+    busy = {slots[p % n] for count in (partitions, *stage_partitions) for p in range(count)}
+    result: dict[SlotRef, list[int]] = {}
     for p in range(partitions):
-        per_slot.setdefault(slots[p % len(slots)], []).append(p)
+        result.setdefault(slots[p % n], []).append(p)
     shares: dict[str, WorkerShare] = {}
-    for ref in sorted(per_slot):
+    for ref in sorted(busy):
         share = shares.setdefault(ref.worker, WorkerShare(ref.worker, [], []))
         share.slot_ids.append(ref.slot)
-        share.slot_parts.append(per_slot[ref])
+        share.slot_parts.append(result.get(ref, []))
     return list(shares.values())
 
 
@@ -98,6 +104,7 @@ class RunScheduler:
         window: int,
         shares: list[WorkerShare],
         group_ids: Iterator[int],
+        waves: int = 1,
     ) -> None:
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -108,6 +115,7 @@ class RunScheduler:
         self.group_size = group_size
         self.window = window
         self.shares = shares
+        self.waves = waves
         self._group_ids = group_ids
         self.next_job = 0
         self.in_flight: dict[int, _GroupState] = {}
@@ -179,16 +187,24 @@ class RunScheduler:
             self.next_to_deliver += 1
         return out
 
-    def group_done(self, worker: str, group: int) -> bool:
-        """Record a worker's acknowledgement; True once every worker of the group has acked."""
+    def group_done(self, worker: str, group: int) -> tuple[bool, GroupPlan | None]:
+        """Record a worker's acknowledgement of the group's current wave.
+
+        Returns ``(finished, next_wave)``: ``finished`` once every worker acked the last wave;
+        ``next_wave`` is the plan to launch when a BSP wave completed and another follows.
+        """
         state = self.in_flight.get(group)
         if state is None:
-            return False
+            return False, None
         state.awaiting.discard(worker)
         if state.awaiting:
-            return False
+            return False, None
+        if state.plan.wave + 1 < self.waves:
+            state.plan = dataclasses.replace(state.plan, wave=state.plan.wave + 1)
+            state.awaiting = {s.worker for s in state.plan.shares}
+            return False, state.plan
         del self.in_flight[group]
-        return True
+        return True, None
 
     def describe_progress(self) -> str:
         """One line on where the run stands, for timeout and stall errors."""

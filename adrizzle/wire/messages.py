@@ -68,22 +68,68 @@ class Heartbeat(Message):
 class LaunchGroup(Message):
     """All tasks of one group placed on one worker, in one frame.
 
-    Jobs ``first_job .. last_job - 1`` each run on partitions ``slot_parts[i]`` in slot
-    ``slot_ids[i]``. The payload is the group's program (``program_len`` bytes, pickled once per
-    group) followed by, per slot, ``slot_data[i]`` bytes of source blocks that slot lacks. The
-    worker never unpickles the payload: it forwards the slices to its slots.
+    The group runs jobs ``first_job .. last_job - 1``; ``stages`` lists the stages of each job
+    to run now (all of them when pre-scheduled; one wave at a time in BSP mode). Partition ``p``
+    of any stage runs in slot ``placement_slots[p % n]`` of worker ``placement_workers[p % n]``
+    (``n`` = number of slots), so every slot derives its own tasks and every map task knows
+    where each reducer lives. ``slot_ids`` are this worker's slots with tasks. The payload is
+    the group's program (``program_len`` bytes, pickled once per group) followed by, per slot,
+    ``slot_data[i]`` bytes of source blocks that slot lacks. The worker never unpickles it.
+    ``hold`` (BSP mode) keeps map outputs on the map side until reducers ``fetch`` them.
     """
 
     TAG: ClassVar[str] = "launch_group"
     group: int
     first_job: int
     last_job: int
+    stages: list[int]
+    placement_workers: list[str]
+    placement_slots: list[int]
     slot_ids: list[int]
-    slot_parts: list[list[int]]
     slot_data: list[int]
     program_len: int
     release: list[int]
     linger_us: int = 0
+    hold: int = 0
+    fetch: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClusterView(Message):
+    """Driver to workers: every worker's id and data address (sent when membership changes)."""
+
+    TAG: ClassVar[str] = "cluster_view"
+    workers: list[str]
+    data_addresses: list[str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MapOutputReady(Message):
+    """One map task's output for the reducers in one slot: ``slot`` of ``worker`` runs reduce
+    partitions ``reduce_parts`` of job ``job``; this carries map partition ``map_part`` of the
+    shuffle written by stage ``shuffle``. Payload: pickled ``{reduce_part: block}``. Its arrival
+    is the notice the reducer counts; ``hold`` keeps it on the map side (BSP mode)."""
+
+    TAG: ClassVar[str] = "map_output_ready"
+    job: int
+    shuffle: int
+    map_part: int
+    worker: str
+    slot: int
+    reduce_parts: list[int]
+    hold: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FetchBlocks(Message):
+    """BSP mode, reducer's worker to a map side: send me the held outputs of these shuffles of
+    jobs ``first_job .. last_job - 1`` that are addressed to ``worker``."""
+
+    TAG: ClassVar[str] = "fetch_blocks"
+    first_job: int
+    last_job: int
+    shuffles: list[int]
+    worker: str
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -131,16 +177,22 @@ class SlotReady(Message):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RunTasks(Message):
-    """One slot's share of a group: jobs ``first_job..last_job-1`` x ``parts``."""
+    """One slot's share of a group: the slot is ``slot`` of ``worker``; with the placement it
+    derives its tasks (see ``LaunchGroup``)."""
 
     TAG: ClassVar[str] = "run_tasks"
     group: int
     first_job: int
     last_job: int
-    parts: list[int]
+    stages: list[int]
+    placement_workers: list[str]
+    placement_slots: list[int]
+    worker: str
+    slot: int
     program_len: int
     release: list[int]
     linger_us: int = 0
+    hold: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -177,6 +229,7 @@ def _optional(check: Callable[[object], bool]) -> Callable[[object], bool]:
 _CHECKS: dict[str, Callable[[object], bool]] = {
     "int": _is_int,
     "str": _is_str,
+    "list[str]": _is_list_of(_is_str),
     "str | None": _optional(_is_str),
     "list[int]": _is_list_of(_is_int),
     "list[list[int]]": _is_list_of(_is_list_of(_is_int)),
@@ -195,7 +248,7 @@ def _register(*classes: type[Message]) -> None:
             annotation = str(f.type)
             if annotation not in _CHECKS:  # pragma: no cover - caught by the unit tests
                 raise TypeError(f"{cls.__name__}.{f.name}: unsupported type {annotation}")
-            required = f.default is dataclasses.MISSING
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             spec.append((f.name, _CHECKS[annotation], annotation, required))
         MESSAGE_TYPES[cls.TAG] = cls
         _SPECS[cls] = tuple(spec)
@@ -207,6 +260,9 @@ _register(
     Error,
     Heartbeat,
     LaunchGroup,
+    ClusterView,
+    MapOutputReady,
+    FetchBlocks,
     BatchResult,
     GroupDone,
     Shutdown,

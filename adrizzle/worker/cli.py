@@ -58,6 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest frame accepted from the driver (default 1 GiB)",
     )
     p.add_argument(
+        "--data-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="where to listen for shuffle blocks from other workers (default: the local "
+        "address that reaches the driver, loopback for a loopback driver; a free port)",
+    )
+    p.add_argument(
+        "--shuffle-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a reduce task waits for its map outputs before failing (default 60)",
+    )
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -104,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         name=args.name or f"{socket.gethostname()}-{os.getpid()}",
         connect_timeout=args.connect_timeout,
         max_frame_bytes=args.max_frame_bytes,
+        data_listen=parse_address(args.data_listen) if args.data_listen else None,
+        shuffle_timeout=args.shuffle_timeout,
     )
     try:
         import uvloop

@@ -3,6 +3,10 @@
 A ``launch_group`` frame is split into one ``run_tasks`` frame per slot (payload bytes forwarded
 unopened); each slot's per-batch results are forwarded to the driver as they arrive; when every
 slot has finished the group, the worker sends the group's single ``group_done``.
+
+Shuffle blocks from a slot's map tasks are routed here: to another local slot, or over the data
+port to the reducer's worker (``PeerLinks``), with no driver round trip. In BSP mode they are
+held here until a reducer's worker fetches them.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 from typing import TYPE_CHECKING
 
 from adrizzle.errors import AuthenticationError, ProtocolError, RemoteProtocolError
@@ -22,23 +27,37 @@ from adrizzle.wire.framing import FrameLimits
 from adrizzle.wire.messages import (
     PROTOCOL_VERSION,
     BatchResult,
+    ClusterView,
+    FetchBlocks,
     GroupDone,
     Heartbeat,
     Hello,
     LaunchGroup,
+    MapOutputReady,
     Message,
     RunTasks,
     Shutdown,
     SlotDone,
 )
+from adrizzle.worker.peers import PeerLinks
 from adrizzle.worker.slots import Slot, SlotPool
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
 log = logging.getLogger("adrizzle.worker")
 
-DRIVER_MESSAGES = (LaunchGroup, Shutdown, Heartbeat)
+DRIVER_MESSAGES = (LaunchGroup, ClusterView, Shutdown, Heartbeat)
+
+
+def local_address_towards(host: str, port: int) -> str:
+    """The local IP this host uses to reach ``host`` (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, port or 7077))
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
 
 
 class WorkerStartError(Exception):
@@ -65,6 +84,8 @@ class WorkerRuntime:
         connect_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
         max_frame_bytes: int = 1 << 30,
+        data_listen: tuple[str, int] | None = None,
+        shuffle_timeout: float = 60.0,
     ) -> None:
         self.host, self.port = host, port
         self.token = token
@@ -73,7 +94,14 @@ class WorkerRuntime:
         self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
         self.limits = FrameLimits(max_meta=1 << 24, max_payload=max_frame_bytes)
+        self.data_listen = data_listen
+        self.shuffle_timeout = shuffle_timeout
         self.pool = SlotPool(self._on_slot_message, self._on_slot_lost)
+        self.peers = PeerLinks(
+            name=name, token=token, limits=self.limits, on_message=self._on_data_message
+        )
+        # BSP mode: map outputs kept here until fetched, by (job, shuffle stage, reducer worker).
+        self._held: dict[tuple[int, int, str], list[tuple[MapOutputReady, bytes]]] = {}
         self.channel: Channel | None = None
         self._groups: dict[int, _GroupTally] = {}
         self._stop: asyncio.Future[str] | None = None
@@ -89,7 +117,9 @@ class WorkerRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, f"received {signal.Signals(sig).name}")
         try:
-            await self.pool.start(self.cores)
+            await self.pool.start(self.cores, shuffle_timeout=self.shuffle_timeout)
+            host, port = self.data_listen or (local_address_towards(self.host, self.port), 0)
+            await self.peers.start(host, port)
             self.channel = await self._connect()
             log.info(
                 "connected to driver %s as %s with %d cores (pid %d)",
@@ -106,6 +136,7 @@ class WorkerRuntime:
         finally:
             if self.channel is not None:
                 self.channel.close()
+            await self.peers.close()
             await self.pool.close()
         log.info("worker %s exiting: %s", self.name, reason)
         return self.exit_code
@@ -125,6 +156,7 @@ class WorkerRuntime:
             nonce=auth.new_nonce(),
             cores=self.cores,
             pid=os.getpid(),
+            data_address=self.peers.address,
         )
         conn = Connection(
             client=True,
@@ -167,13 +199,19 @@ class WorkerRuntime:
     def _on_driver_message(self, channel: Channel, msg: Message, payload: bytes) -> None:
         if type(msg) is LaunchGroup:
             self._launch(msg, payload)
+        elif type(msg) is ClusterView:
+            if len(msg.workers) != len(msg.data_addresses):
+                raise RemoteProtocolError("cluster_view: lists differ in length")
+            self.peers.addresses = dict(zip(msg.workers, msg.data_addresses, strict=True))
         elif type(msg) is Shutdown:
             self._request_stop("the driver asked us to shut down")
 
     def _launch(self, msg: LaunchGroup, payload: bytes) -> None:
         n = len(msg.slot_ids)
-        if len(msg.slot_parts) != n or len(msg.slot_data) != n:
+        if len(msg.slot_data) != n:
             raise RemoteProtocolError("launch_group: slot lists differ in length")
+        if len(msg.placement_workers) != len(msg.placement_slots):
+            raise RemoteProtocolError("launch_group: placement lists differ in length")
         if msg.program_len + sum(msg.slot_data) != len(payload):
             raise RemoteProtocolError("launch_group: payload length does not match its parts")
         if any(not 0 <= s < len(self.pool.slots) for s in msg.slot_ids):
@@ -182,22 +220,63 @@ class WorkerRuntime:
         view = memoryview(payload)
         program = view[: msg.program_len]
         offset = msg.program_len
-        for slot_id, parts, data_len in zip(
-            msg.slot_ids, msg.slot_parts, msg.slot_data, strict=True
-        ):
+        for slot_id, data_len in zip(msg.slot_ids, msg.slot_data, strict=True):
             run = RunTasks(
                 group=msg.group,
                 first_job=msg.first_job,
                 last_job=msg.last_job,
-                parts=parts,
+                stages=msg.stages,
+                placement_workers=msg.placement_workers,
+                placement_slots=msg.placement_slots,
+                worker=self.name,
+                slot=slot_id,
                 program_len=msg.program_len,
                 release=msg.release,
                 linger_us=msg.linger_us,
+                hold=msg.hold,
             )
             data = view[offset : offset + data_len]
             offset += data_len
             body = payload if n == 1 else b"".join((program, data))
             self.pool.slots[slot_id].channel.send(run, body)
+        if msg.fetch:  # BSP: pull this wave's inputs from every map side
+            fetch = FetchBlocks(msg.first_job, msg.last_job, msg.fetch, self.name)
+            for worker in sorted(set(msg.placement_workers)):
+                if worker == self.name:
+                    self._serve_fetch(fetch, self._deliver_local)
+                else:
+                    self.peers.send(worker, fetch, b"")
+
+    # -- shuffle blocks ------------------------------------------------------------------
+
+    def _route_block(self, msg: MapOutputReady, payload: bytes) -> None:
+        if msg.hold:
+            self._held.setdefault((msg.job, msg.shuffle, msg.worker), []).append((msg, payload))
+        elif msg.worker == self.name:
+            self._deliver_local(msg, payload)
+        else:
+            self.peers.send(msg.worker, msg, payload)
+
+    def _deliver_local(self, msg: MapOutputReady, payload: bytes) -> None:
+        if not 0 <= msg.slot < len(self.pool.slots):
+            raise RemoteProtocolError(f"map_output_ready for slot {msg.slot}: no such slot")
+        self.pool.slots[msg.slot].channel.send(msg, payload)
+
+    def _serve_fetch(
+        self, fetch: FetchBlocks, send: Callable[[MapOutputReady, bytes], None]
+    ) -> None:
+        for job in range(fetch.first_job, fetch.last_job):
+            for shuffle in fetch.shuffles:
+                for msg, payload in self._held.pop((job, shuffle, fetch.worker), []):
+                    send(dataclasses.replace(msg, hold=0), payload)
+
+    def _on_data_message(self, channel: Channel, msg: Message, payload: bytes) -> None:
+        if type(msg) is MapOutputReady:
+            if msg.worker != self.name:
+                raise RemoteProtocolError(f"map_output_ready for {msg.worker} sent to {self.name}")
+            self._deliver_local(msg, payload)
+        elif type(msg) is FetchBlocks:
+            self._serve_fetch(msg, channel.send)
 
     def _on_driver_closed(self, channel: Channel, exc: BaseException | None) -> None:
         if isinstance(exc, ConnectionClosed) and not exc.by_peer:
@@ -214,6 +293,8 @@ class WorkerRuntime:
             return
         if type(msg) is BatchResult:
             channel.send(msg, payload)
+        elif type(msg) is MapOutputReady:
+            self._route_block(msg, payload)
         elif type(msg) is SlotDone:
             tally = self._groups.get(msg.group)
             if tally is None:

@@ -2,27 +2,39 @@
 
 The slot is the only place user closures and data are unpickled on a worker (the worker process
 forwards payload bytes untouched). It keeps the block store (shipped source partitions and cached
-results pinned to it) and runs a group's tasks for its partitions in batch order, sending each
-micro-batch's values back as soon as that batch is done.
+results pinned to it) and the shuffle inbox, derives its tasks from a group's placement, and runs
+them in order: lower batch first, and within a batch stage by stage, so a reduce runs before the
+next batch's maps and no slot ever waits on a task that waits on it. Map tasks push one block set
+per reducer slot; a reduce task starts when every map output it needs has arrived (or fails after
+``shuffle_timeout``). Each micro-batch's values go back as soon as that batch is done.
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
 import os
 import pickle
+import select
 import signal
 import socket
-import sys
 import threading
 import time
 from typing import Any
 
 import cloudpickle
 
-from adrizzle.api.program import BlockStore, StageProgram, TaskFailure, run_tasks
+from adrizzle.api.program import (
+    BlockStore,
+    JobProgram,
+    ShuffleRead,
+    StageProgram,
+    TaskFailure,
+)
 from adrizzle.wire.framing import FrameDecoder, FrameLimits, encode_frame
 from adrizzle.wire.messages import (
     BatchResult,
+    MapOutputReady,
     RunTasks,
     Shutdown,
     SlotDone,
@@ -32,6 +44,18 @@ from adrizzle.wire.messages import (
 )
 
 TRUSTED_LIMITS = FrameLimits(max_meta=1 << 24, max_payload=1 << 34)
+
+
+class UpstreamFailure(Exception):
+    """A map task this task depends on failed; carries that original failure."""
+
+    def __init__(self, failure: TaskFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+class WorkerGone(Exception):
+    """The worker closed our socket (or asked us to shut down)."""
 
 
 def _dump_values(values: list[list[Any]]) -> tuple[bytes, list[int]]:
@@ -70,37 +94,51 @@ class ResultSender:
     The linger clock runs in a small thread, so results already done are sent when the linger
     expires even while the next task is still running (a slow batch never holds back the fast
     ones before it). A CPU-bound task holding the GIL can delay that by one switch interval.
+    All writes to the socket go through here, under one lock.
     """
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._cond = threading.Condition()
         self._group: RunTasks | None = None
+        self._parts: list[int] = []
         self._jobs: list[int] = []
         self._failed: list[int] = []
         self._values: list[list[Any]] = []
         self._deadline = 0.0
+        self._last_add = 0.0
         self.unpicklable = 0
         threading.Thread(target=self._linger_clock, name="result-sender", daemon=True).start()
 
-    def add(self, msg: RunTasks, job: int, values: list[Any], failed: int) -> None:
+    def add(
+        self,
+        msg: RunTasks,
+        parts: list[int],
+        job: int,
+        values: list[Any],
+        failed: int,
+        last_of_group: bool,
+    ) -> None:
         with self._cond:
-            last_of_group = job == msg.last_job - 1
+            now = time.monotonic()
+            linger = msg.linger_us / 1e6
+            # Nothing to pack when this is the group's last batch, or when batches take
+            # longer than the linger time (the next one would not make it anyway).
+            send_now = last_of_group or now - self._last_add >= linger
+            self._last_add = now
             if not self._jobs:
-                self._group = msg
-                self._deadline = time.monotonic() + msg.linger_us / 1e6
-                if not last_of_group and msg.linger_us > 0:
-                    self._cond.notify()  # start the linger clock only if more will follow
+                self._group, self._parts = msg, parts
+                self._deadline = now + linger
+                if not send_now:
+                    self._cond.notify()  # start the linger clock
             self._jobs.append(job)
             self._failed.append(failed)
             self._values.append(values)
-            if last_of_group or msg.linger_us <= 0 or time.monotonic() >= self._deadline:
+            if send_now or now >= self._deadline:
                 self._flush()
 
     def send(self, frame: bytes) -> None:
-        """Flush what is pending, then send ``frame`` (keeps results before ``slot_done``)."""
         with self._cond:
-            self._flush()
             self._sock.sendall(frame)
 
     def finish_group(
@@ -120,7 +158,7 @@ class ResultSender:
         payload, replaced = _dump_values(self._values)
         failed = [f + r for f, r in zip(self._failed, replaced, strict=True)]
         result = BatchResult(
-            group=self._group.group, jobs=self._jobs, parts=self._group.parts, failed=failed
+            group=self._group.group, jobs=self._jobs, parts=self._parts, failed=failed
         )
         self._jobs, self._failed, self._values = [], [], []
         self.unpicklable += sum(replaced)
@@ -142,52 +180,200 @@ class ResultSender:
                     return  # the worker is gone; the main thread notices on its next recv
 
 
-def run_group(sender: ResultSender, msg: RunTasks, payload: bytes, store: BlockStore) -> None:
-    started = time.perf_counter()
-    for node_id in msg.release:
-        for key in [k for k in store if k[0] == node_id]:
-            del store[key]
-    view = memoryview(payload)
-    programs: list[StageProgram] = pickle.loads(view[: msg.program_len])
-    if len(payload) > msg.program_len:
-        store.update(pickle.loads(view[msg.program_len :]))
-    tasks = failed_total = 0
-    unpicklable_before = sender.unpicklable
-    for job, values, failed in run_tasks(
-        programs, range(msg.first_job, msg.last_job), msg.parts, store
-    ):
-        sender.add(msg, job, values, failed)
-        tasks += len(values)
-        failed_total += failed
-    busy_us = int((time.perf_counter() - started) * 1e6)
-    sender.finish_group(msg.group, tasks, failed_total, busy_us, unpicklable_before)
+class SlotProcess:
+    def __init__(self, sock: socket.socket, shuffle_timeout: float) -> None:
+        self.sock = sock
+        self.shuffle_timeout = shuffle_timeout
+        self.decoder = FrameDecoder(TRUSTED_LIMITS)
+        self.sender = ResultSender(sock)
+        self.store: BlockStore = {}
+        self.queue: collections.deque[tuple[RunTasks, bytes]] = collections.deque()
+        # (job, shuffle stage, reduce partition) -> {map partition: block}
+        self.inbox: dict[tuple[int, int, int], dict[int, Any]] = {}
 
+    def serve(self) -> None:
+        self.sender.send(encode_frame(encode_meta(SlotReady(pid=os.getpid()))))
+        while True:
+            while self.queue:
+                self.run_group(*self.queue.popleft())
+            self.receive(None)
 
-def serve(sock: socket.socket) -> None:
-    decoder = FrameDecoder(TRUSTED_LIMITS)
-    store: BlockStore = {}
-    sender = ResultSender(sock)
-    sender.send(encode_frame(encode_meta(SlotReady(pid=os.getpid()))))
-    while True:
-        data = sock.recv(1 << 20)
+    def receive(self, timeout: float | None) -> None:
+        """Wait up to ``timeout`` s for frames and file them (tasks queue, blocks inbox)."""
+        if timeout is not None:
+            ready, _w, _x = select.select([self.sock], [], [], max(timeout, 0.0))
+            if not ready:
+                return
+        data = self.sock.recv(1 << 20)
         if not data:
-            return  # the worker went away
-        for meta, payload in decoder.feed(data):
+            raise WorkerGone
+        for meta, payload in self.decoder.feed(data):
             msg = decode_meta(meta)
             if isinstance(msg, RunTasks):
-                run_group(sender, msg, payload, store)
+                self.queue.append((msg, payload))
+            elif isinstance(msg, MapOutputReady):
+                self.file_blocks(msg.job, msg.shuffle, msg.map_part, pickle.loads(payload))
             elif isinstance(msg, Shutdown):
-                return
+                raise WorkerGone
+
+    def file_blocks(self, job: int, shuffle: int, map_part: int, blocks: dict[int, Any]) -> None:
+        for reduce_part, block in blocks.items():
+            self.inbox.setdefault((job, shuffle, reduce_part), {})[map_part] = block
+
+    # -- running a group -------------------------------------------------------------------
+
+    def run_group(self, msg: RunTasks, payload: bytes) -> None:
+        """Run this slot's tasks of a group by priority: lower batch first, then stage order;
+        a reduce waiting for map outputs lets later ready tasks (the next batch's maps) run."""
+        started = time.perf_counter()
+        for node_id in msg.release:
+            for key in [k for k in self.store if k[0] == node_id]:
+                del self.store[key]
+        view = memoryview(payload)
+        programs: list[JobProgram] = pickle.loads(view[: msg.program_len])
+        if len(payload) > msg.program_len:
+            self.store.update(pickle.loads(view[msg.program_len :]))
+        n = len(msg.placement_slots)
+        me = (msg.worker, msg.slot)
+        mine = [
+            i
+            for i, ref in enumerate(zip(msg.placement_workers, msg.placement_slots, strict=True))
+            if ref == me
+        ]
+        pending: list[tuple[int, int, int]] = []  # (job, stage, partition) in priority order
+        results: dict[int, dict[int, Any]] = {}  # job -> result partition -> value
+        result_parts: list[int] = []
+        for job in range(msg.first_job, msg.last_job):
+            program = programs[job - msg.first_job]
+            for stage_index in msg.stages:
+                stage = program.stages[stage_index]
+                parts = sorted(p for i in mine for p in range(i, stage.partitions, n))
+                pending += [(job, stage_index, p) for p in parts]
+                if stage.output is None and parts:
+                    results[job] = {}
+                    result_parts = parts
+        result_jobs_left = len(results)
+        tasks = len(pending)
+        failed_total = 0
+        unpicklable_before = self.sender.unpicklable
+        stuck_since: float | None = None
+        while pending:
+            index = next((i for i, t in enumerate(pending) if self.ready(programs, msg, t)), -1)
+            if index < 0:
+                now = time.monotonic()
+                stuck_since = stuck_since or now
+                if now - stuck_since >= self.shuffle_timeout:
+                    index = 0  # give up on the head task: inputs() raises the timeout error
+                else:
+                    self.receive(self.shuffle_timeout - (now - stuck_since))
+                    continue
+            stuck_since = None
+            job, stage_index, p = pending.pop(index)
+            program = programs[job - msg.first_job]
+            stage = program.stages[stage_index]
+            if stage.output is not None:
+                self.run_map_task(msg, job, stage_index, stage, p)
+                continue
+            results[job][p] = self.run_result_task(job, program, stage, p)
+            if len(results[job]) == len(result_parts):
+                done = results.pop(job)
+                values = [done[q] for q in result_parts]
+                failed = sum(isinstance(v, TaskFailure) for v in values)
+                failed_total += failed
+                result_jobs_left -= 1
+                self.sender.add(msg, result_parts, job, values, failed, result_jobs_left == 0)
+        busy_us = int((time.perf_counter() - started) * 1e6)
+        self.sender.finish_group(msg.group, tasks, failed_total, busy_us, unpicklable_before)
+
+    def ready(self, programs: list[JobProgram], msg: RunTasks, task: tuple[int, int, int]) -> bool:
+        job, stage_index, p = task
+        read = programs[job - msg.first_job].stages[stage_index].input
+        if not isinstance(read, ShuffleRead):
+            return True
+        inbox = self.inbox
+        return all(len(inbox.get((job, s, p), ())) >= maps for s, maps in read.shuffles)
+
+    def run_result_task(self, job: int, program: JobProgram, stage: StageProgram, p: int) -> Any:
+        try:
+            return program.action(stage.compute(p, self.store, self.inputs(job, stage, p)))
+        except UpstreamFailure as exc:
+            return exc.failure
+        except WorkerGone:
+            raise
+        except Exception as exc:
+            return TaskFailure.capture(exc)
+
+    def run_map_task(
+        self, msg: RunTasks, job: int, stage_index: int, stage: StageProgram, p: int
+    ) -> None:
+        assert stage.output is not None
+        try:
+            blocks: list[Any] = stage.output.split(
+                stage.compute(p, self.store, self.inputs(job, stage, p))
+            )
+        except UpstreamFailure as exc:
+            blocks = [exc.failure] * stage.output.partitions
+        except WorkerGone:
+            raise
+        except Exception as exc:  # reducers get the failure instead of data, and fail fast
+            blocks = [TaskFailure.capture(exc)] * stage.output.partitions
+        n = len(msg.placement_slots)
+        by_slot: dict[int, dict[int, Any]] = {}
+        for r in range(stage.output.partitions):
+            by_slot.setdefault(r % n, {})[r] = blocks[r]
+        for index, reduce_blocks in by_slot.items():
+            worker, slot = msg.placement_workers[index], msg.placement_slots[index]
+            if not msg.hold and (worker, slot) == (msg.worker, msg.slot):
+                self.file_blocks(job, stage_index, p, reduce_blocks)  # stays in this slot
+                continue
+            notice = MapOutputReady(
+                job=job,
+                shuffle=stage_index,
+                map_part=p,
+                worker=worker,
+                slot=slot,
+                reduce_parts=sorted(reduce_blocks),
+                hold=msg.hold,
+            )
+            self.sender.send(encode_frame(encode_meta(notice), cloudpickle.dumps(reduce_blocks)))
+
+    def inputs(self, job: int, stage: StageProgram, p: int) -> Any:
+        """The shuffle read for a reduce task, once every map output it needs is here."""
+        read = stage.input
+        if not isinstance(read, ShuffleRead):
+            return None
+        per_shuffle: list[list[Any]] = []
+        for shuffle, maps in read.shuffles:
+            key = (job, shuffle, p)
+            if len(self.inbox.get(key, ())) < maps:
+                have = sorted(self.inbox.pop(key, {}))
+                missing = sorted(set(range(maps)) - set(have))
+                raise TimeoutError(
+                    f"reduce task (job {job}, partition {p}) waited {self.shuffle_timeout:g} s "
+                    f"for the outputs of stage {shuffle}: {len(have)} of {maps} map outputs "
+                    f"arrived, missing map partitions {missing[:10]}"
+                )
+            arrived = self.inbox.pop(key)
+            blocks = [arrived[m] for m in range(maps)]
+            per_shuffle.append(blocks)
+        for blocks in per_shuffle:
+            for block in blocks:
+                if isinstance(block, TaskFailure):
+                    raise UpstreamFailure(block)
+        return read.read(per_shuffle)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="adrizzle.worker.slot")
+    parser.add_argument("fd", type=int)
+    parser.add_argument("--shuffle-timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
     # Ctrl-C reaches the whole process group; the worker decides when its slots stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sock = socket.socket(fileno=int(args[0]))
+    sock = socket.socket(fileno=args.fd)
     try:
-        serve(sock)
-    except (BrokenPipeError, ConnectionResetError):
+        SlotProcess(sock, args.shuffle_timeout).serve()
+    except (WorkerGone, BrokenPipeError, ConnectionResetError):
         pass
     finally:
         sock.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import socket
 import subprocess
 import sys
@@ -17,9 +18,16 @@ from collections.abc import Callable
 
 from adrizzle.wire.channel import Channel
 from adrizzle.wire.connection import Connection
-from adrizzle.wire.messages import BatchResult, Message, Shutdown, SlotDone, SlotReady
+from adrizzle.wire.messages import (
+    BatchResult,
+    MapOutputReady,
+    Message,
+    Shutdown,
+    SlotDone,
+    SlotReady,
+)
 
-SLOT_MESSAGES = (SlotReady, BatchResult, SlotDone)
+SLOT_MESSAGES = (SlotReady, BatchResult, SlotDone, MapOutputReady)
 
 
 @dataclasses.dataclass(slots=True)
@@ -41,17 +49,28 @@ class SlotPool:
         self.slots: list[Slot] = []
         self._closing = False
 
-    async def start(self, n: int, timeout: float = 30.0) -> None:
+    async def start(self, n: int, timeout: float = 30.0, shuffle_timeout: float = 60.0) -> None:
         loop = asyncio.get_running_loop()
+        # A fixed hash seed in every slot of the cluster: shuffle keys that fall back to hash()
+        # (see adrizzle.api.partitioning) then pick the same reducer in every process.
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
         for index in range(n):
             ours, theirs = socket.socketpair()
             try:
                 # Popen only forks and execs: it does not wait for the child, so it does not
                 # block the loop for longer than a fork.
                 proc = subprocess.Popen(  # noqa: ASYNC220
-                    [sys.executable, "-m", "adrizzle.worker.slot", str(theirs.fileno())],
+                    [
+                        sys.executable,
+                        "-m",
+                        "adrizzle.worker.slot",
+                        str(theirs.fileno()),
+                        "--shuffle-timeout",
+                        str(shuffle_timeout),
+                    ],
                     pass_fds=(theirs.fileno(),),
                     stdin=subprocess.DEVNULL,
+                    env=env,
                 )
             finally:
                 theirs.close()

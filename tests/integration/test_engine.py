@@ -51,7 +51,9 @@ async def test_one_launch_and_one_ack_per_worker_per_group(engine: adrizzle.Engi
     # Results flow per micro-batch, packed per slot when several finish within the linger
     # time: at least one frame per group and slot, at most one per batch and slot.
     assert 10 * workers <= delta("frames_received", "batch_result") <= 100 * workers
-    assert set(after["frames_sent"]) == {"launch_group"}
+    # During the run the driver sent nothing but launches (cluster views go out on joins).
+    sent = {k for k, n in after["frames_sent"].items() if n != before["frames_sent"].get(k, 0)}
+    assert sent == {"launch_group"}
 
 
 async def test_source_data_is_shipped_once_per_slot(engine: adrizzle.Engine) -> None:

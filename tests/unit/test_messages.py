@@ -17,11 +17,14 @@ from adrizzle.wire.messages import (
     PROTOCOL_VERSION,
     Auth,
     BatchResult,
+    ClusterView,
     Error,
+    FetchBlocks,
     GroupDone,
     Heartbeat,
     Hello,
     LaunchGroup,
+    MapOutputReady,
     Message,
     RunTasks,
     Shutdown,
@@ -49,8 +52,10 @@ SAMPLES: list[Message] = [
         group=3,
         first_job=10,
         last_job=14,
+        stages=[0, 1],
+        placement_workers=["w1", "w2"],
+        placement_slots=[0, 0],
         slot_ids=[0, 1],
-        slot_parts=[[0, 2], [1, 3]],
         slot_data=[0, 17],
         program_len=99,
         release=[1, 2],
@@ -59,7 +64,21 @@ SAMPLES: list[Message] = [
     GroupDone(group=3, tasks=16, failed=1, busy_us=12345),
     Shutdown(),
     SlotReady(pid=4321),
-    RunTasks(group=3, first_job=10, last_job=14, parts=[1, 3], program_len=99, release=[]),
+    RunTasks(
+        group=3,
+        first_job=10,
+        last_job=14,
+        stages=[0],
+        placement_workers=["w1"],
+        placement_slots=[0],
+        worker="w1",
+        slot=0,
+        program_len=99,
+        release=[],
+    ),
+    ClusterView(workers=["w1", "w2"], data_addresses=["127.0.0.1:1", "127.0.0.1:2"]),
+    MapOutputReady(job=4, shuffle=0, map_part=2, worker="w2", slot=1, reduce_parts=[1, 3]),
+    FetchBlocks(first_job=0, last_job=10, shuffles=[0], worker="w1"),
     SlotDone(group=3, tasks=8, failed=0, busy_us=777),
 ]
 
@@ -112,7 +131,18 @@ def test_optional_str_accepts_null() -> None:
 
 
 def test_empty_lists_are_valid() -> None:
-    msg = RunTasks(group=0, first_job=0, last_job=0, parts=[], program_len=0, release=[])
+    msg = RunTasks(
+        group=0,
+        first_job=0,
+        last_job=0,
+        stages=[],
+        placement_workers=[],
+        placement_slots=[],
+        worker="",
+        slot=0,
+        program_len=0,
+        release=[],
+    )
     assert decode_meta(encode_meta(msg)) == msg
 
 
@@ -125,6 +155,7 @@ _STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
 _STRATEGIES["str | None"] = st.none() | _STRATEGIES["str"]
 _STRATEGIES["list[int]"] = st.lists(_STRATEGIES["int"], max_size=5)
 _STRATEGIES["list[list[int]]"] = st.lists(_STRATEGIES["list[int]"], max_size=4)
+_STRATEGIES["list[str]"] = st.lists(_STRATEGIES["str"], max_size=4)
 
 
 def _message_strategy(cls: type[Message]) -> st.SearchStrategy[Message]:
@@ -196,7 +227,7 @@ def test_missing_required_field(name: str) -> None:
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: m.TAG)
 def test_every_required_field_is_checked(msg: Message) -> None:
     for f in dataclasses.fields(msg):
-        if f.default is dataclasses.MISSING:
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             with pytest.raises(RemoteProtocolError, match=f"missing field '{f.name}'"):
                 decode_meta(_meta(msg, **{f.name: _DROP}))
 
@@ -220,15 +251,15 @@ def test_every_required_field_is_checked(msg: Message) -> None:
         (_LAUNCH, "slot_ids", {"0": 1}, "launch_group.slot_ids must be list[int], got dict"),
         (
             _LAUNCH,
-            "slot_parts",
-            [1, 2],
-            "launch_group.slot_parts must be list[list[int]], got list",
+            "placement_workers",
+            ["w1", 2],
+            "launch_group.placement_workers must be list[str], got list",
         ),
         (
             _LAUNCH,
-            "slot_parts",
-            [[1], ["2"]],
-            "launch_group.slot_parts must be list[list[int]], got list",
+            "placement_workers",
+            "w1",
+            "launch_group.placement_workers must be list[str], got str",
         ),
         (Auth(mac="x"), "mac", None, "auth.mac must be str, got NoneType"),
         (Error(reason="x"), "reason", 0, "error.reason must be str, got int"),
@@ -247,8 +278,10 @@ def test_unknown_extra_field() -> None:
         group=0,
         first_job=0,
         last_job=1,
+        stages=[0],
+        placement_workers=["w"],
+        placement_slots=[0],
         slot_ids=[0],
-        slot_parts=[[0]],
         slot_data=[0],
         program_len=0,
         release=[],

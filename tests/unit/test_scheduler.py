@@ -37,7 +37,7 @@ def finish_group(s: RunScheduler, plan, values=lambda job, p: (job, p)):
         for share in plan.shares:
             for parts in share.slot_parts:
                 out += s.batch_result(share.worker, job, parts, [values(job, p) for p in parts], 0)
-    acked = [s.group_done(share.worker, plan.group) for share in plan.shares]
+    acked = [s.group_done(share.worker, plan.group)[0] for share in plan.shares]
     return out, acked
 
 
@@ -129,7 +129,7 @@ def test_late_duplicate_results_are_ignored() -> None:
     assert plan is not None
     finish_group(s, plan)
     assert s.batch_result("a", 0, [0], ["again"], 0) == []
-    assert s.group_done("a", plan.group) is False
+    assert s.group_done("a", plan.group) == (False, None)
 
 
 def test_mismatched_values_are_rejected() -> None:
@@ -164,3 +164,38 @@ def test_invalid_sizes() -> None:
         make(group_size=0)
     with pytest.raises(ValueError, match="window"):
         make(window=0)
+
+
+def test_bsp_waves_relaunch_after_every_worker_acks_each_wave() -> None:
+    slots = interleave_slots([("a", 1), ("b", 1)])
+    s = RunScheduler(
+        n_jobs=2,
+        partitions=2,
+        group_size=2,
+        window=1,
+        shares=place_partitions(2, slots, [4]),
+        group_ids=itertools.count(),
+        waves=2,
+    )
+    plan = s.plan_next_group()
+    assert plan is not None
+    assert plan.wave == 0
+    assert s.group_done("a", plan.group) == (False, None)
+    finished, next_wave = s.group_done("b", plan.group)
+    assert not finished
+    assert next_wave is not None
+    assert next_wave.wave == 1
+    assert next_wave.group == plan.group
+    assert s.plan_next_group() is None  # window of one: the group is still in flight
+    out, acked = finish_group(s, next_wave)
+    assert acked == [False, True]
+    assert [o.index for o in out] == [0, 1]
+
+
+def test_slots_with_only_map_tasks_take_part_in_the_group() -> None:
+    # 1 result partition but 4 map partitions: both workers' slots are busy.
+    shares = place_partitions(1, interleave_slots([("a", 1), ("b", 1)]), [4])
+    assert [(s.worker, s.slot_ids, s.slot_parts) for s in shares] == [
+        ("a", [0], [[0]]),
+        ("b", [0], [[]]),
+    ]

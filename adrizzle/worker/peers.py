@@ -1,0 +1,134 @@
+"""The worker's data port: authenticated worker-to-worker connections for shuffle blocks.
+
+Each worker listens on a data port; a worker that has blocks for another dials it once
+(lazily) and keeps the connection. Both directions authenticate with the same HMAC handshake
+as the control connection before any frame with a payload is accepted. Frames sent while the
+connection is being made are queued and written once it is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from adrizzle.wire import auth
+from adrizzle.wire.channel import Channel
+from adrizzle.wire.connection import Connection
+from adrizzle.wire.messages import PROTOCOL_VERSION, FetchBlocks, Hello, MapOutputReady, Message
+
+if TYPE_CHECKING:
+    from adrizzle.wire.framing import FrameLimits
+
+log = logging.getLogger("adrizzle.worker")
+
+DATA_MESSAGES = (MapOutputReady, FetchBlocks)
+OnData = Callable[[Channel, Message, bytes], None]
+
+
+class PeerLinks:
+    def __init__(
+        self,
+        *,
+        name: str,
+        token: str,
+        limits: FrameLimits,
+        on_message: OnData,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self._name = name
+        self._token = token
+        self._limits = limits
+        self._on_message = on_message
+        self._handshake_timeout = handshake_timeout
+        self._server: asyncio.Server | None = None
+        self._links: dict[str, Channel] = {}
+        self._pending: dict[str, list[tuple[Message, bytes]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepted: set[Channel] = set()
+        self.addresses: dict[str, str] = {}
+        self.address = ""
+
+    def _channel(self, client: bool) -> Channel:
+        conn = Connection(
+            client=client,
+            token=self._token,
+            hello=Hello(PROTOCOL_VERSION, "worker", self._name, auth.new_nonce()),
+            accepts=DATA_MESSAGES,
+            limits=self._limits,
+        )
+        channel = Channel(
+            conn,
+            on_message=self._on_message,
+            on_closed=self._closed,
+            handshake_timeout=self._handshake_timeout,
+            name=f"{self._name}-data",
+        )
+        if not client:
+            self._accepted.add(channel)
+        return channel
+
+    async def start(self, host: str, port: int) -> str:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: self._channel(False), host, port)
+        bound = self._server.sockets[0].getsockname()
+        self.address = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
+        return self.address
+
+    def send(self, worker: str, msg: Message, payload: bytes) -> None:
+        """Send to ``worker``'s data port, dialing it first if needed."""
+        channel = self._links.get(worker)
+        if channel is not None and channel.is_open:
+            channel.send(msg, payload)
+            return
+        queue = self._pending.setdefault(worker, [])
+        queue.append((msg, payload))
+        if len(queue) == 1:
+            task = asyncio.ensure_future(self._dial(worker))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _dial(self, worker: str) -> None:
+        from adrizzle.api.engine import parse_address
+
+        address = self.addresses.get(worker, "")
+        try:
+            if not address:
+                raise OSError(f"no data address known for worker {worker}")
+            host, port = parse_address(address)
+            loop = asyncio.get_running_loop()
+            _transport, channel = await asyncio.wait_for(
+                loop.create_connection(lambda: self._channel(True), host, port),
+                self._handshake_timeout,
+            )
+            await asyncio.wait_for(channel.authenticated, self._handshake_timeout)
+        except (OSError, TimeoutError, Exception) as exc:
+            dropped = len(self._pending.pop(worker, []))
+            log.warning(
+                "cannot reach worker %s's data port %s: %s (%d block frames dropped; "
+                "their reducers will time out)",
+                worker,
+                address or "?",
+                exc,
+                dropped,
+            )
+            return
+        self._links[worker] = channel
+        for msg, payload in self._pending.pop(worker, []):
+            channel.send(msg, payload)
+
+    def _closed(self, channel: Channel, exc: BaseException | None) -> None:
+        self._accepted.discard(channel)
+        for worker, link in list(self._links.items()):
+            if link is channel:
+                del self._links[worker]
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for channel in [*self._links.values(), *self._accepted]:
+            channel.close()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
