@@ -135,18 +135,31 @@ class Engine:
         self._status: StatusServer | None = None
         self._local: LocalWorkers | None = None
         self._local_spec: tuple[int, int] | None = None
+        self._local_args: list[str] = []
         self._started = False
         self._closed = False
 
     @classmethod
-    def local(cls, workers: int = 2, cores: int = 1, **kwargs: Any) -> Engine:
-        """An engine on loopback with a fresh token and ``workers`` real worker processes."""
+    def local(
+        cls,
+        workers: int = 2,
+        cores: int = 1,
+        *,
+        worker_args: list[str] | None = None,
+        **kwargs: Any,
+    ) -> Engine:
+        """An engine on loopback with a fresh token and ``workers`` real worker processes.
+
+        ``worker_args`` are extra ``adrizzle-worker`` flags for every local worker (for example
+        ``["--shuffle-timeout", "5"]``); the other keyword arguments go to ``Engine(...)``.
+        """
         if workers < 1 or cores < 1:
             raise ValueError("a local cluster needs at least one worker with one core")
         kwargs.setdefault("listen", "127.0.0.1:0")
         kwargs.setdefault("token", auth.new_token())
         engine = cls(**kwargs)
         engine._local_spec = (workers, cores)
+        engine._local_args = list(worker_args or [])
         return engine
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -170,7 +183,7 @@ class Engine:
             self._local = LocalWorkers(driver_address=self.address, token=self.token)
             atexit.register(self._local.kill_all)
             try:
-                self._local.spawn(n, cores)
+                self._local.spawn(n, cores, self._local_args)
                 await self.wait_for_workers(n, timeout=self.worker_timeout)
             except BaseException:
                 await self.close()

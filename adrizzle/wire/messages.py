@@ -108,7 +108,9 @@ class MapOutputReady(Message):
     """One map task's output for the reducers in one slot: ``slot`` of ``worker`` runs reduce
     partitions ``reduce_parts`` of job ``job``; this carries map partition ``map_part`` of the
     shuffle written by stage ``shuffle``. Payload: pickled ``{reduce_part: block}``. Its arrival
-    is the notice the reducer counts; ``hold`` keeps it on the map side (BSP mode)."""
+    is the notice the reducer counts; ``hold`` keeps it on the map side (BSP mode). A payload
+    larger than the frame cap travels as ``chunks`` frames (``chunk`` = 0, 1, ...) that the
+    reducer's slot joins before counting the output as arrived."""
 
     TAG: ClassVar[str] = "map_output_ready"
     job: int
@@ -118,6 +120,8 @@ class MapOutputReady(Message):
     slot: int
     reduce_parts: list[int]
     hold: int = 0
+    chunk: int = 0
+    chunks: int = 1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -117,7 +117,11 @@ class WorkerRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, f"received {signal.Signals(sig).name}")
         try:
-            await self.pool.start(self.cores, shuffle_timeout=self.shuffle_timeout)
+            await self.pool.start(
+                self.cores,
+                shuffle_timeout=self.shuffle_timeout,
+                max_block_bytes=self.limits.max_payload,
+            )
             host, port = self.data_listen or (local_address_towards(self.host, self.port), 0)
             await self.peers.start(host, port)
             self.channel = await self._connect()

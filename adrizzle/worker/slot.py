@@ -181,9 +181,15 @@ class ResultSender:
 
 
 class SlotProcess:
-    def __init__(self, sock: socket.socket, shuffle_timeout: float) -> None:
+    def __init__(
+        self, sock: socket.socket, shuffle_timeout: float, max_block_bytes: int = 1 << 30
+    ) -> None:
         self.sock = sock
         self.shuffle_timeout = shuffle_timeout
+        # Map outputs bigger than the data port's frame cap go out in pieces of this size.
+        self.max_block_bytes = max(1, max_block_bytes)
+        # (job, shuffle, map partition, reducer slot) -> chunks of a split map output so far
+        self.partial: dict[tuple[int, int, int, int], dict[int, bytes]] = {}
         self.decoder = FrameDecoder(TRUSTED_LIMITS)
         self.sender = ResultSender(sock)
         self.store: BlockStore = {}
@@ -212,9 +218,24 @@ class SlotProcess:
             if isinstance(msg, RunTasks):
                 self.queue.append((msg, payload))
             elif isinstance(msg, MapOutputReady):
+                if msg.chunks > 1:
+                    whole = self.join_chunks(msg, payload)
+                    if whole is None:
+                        continue
+                    payload = whole
                 self.file_blocks(msg.job, msg.shuffle, msg.map_part, pickle.loads(payload))
             elif isinstance(msg, Shutdown):
                 raise WorkerGone
+
+    def join_chunks(self, msg: MapOutputReady, payload: bytes) -> bytes | None:
+        """File one piece of a split map output; the whole payload once every piece is in."""
+        key = (msg.job, msg.shuffle, msg.map_part, msg.slot)
+        pieces = self.partial.setdefault(key, {})
+        pieces[msg.chunk] = payload
+        if len(pieces) < msg.chunks:
+            return None
+        del self.partial[key]
+        return b"".join(pieces[i] for i in range(msg.chunks))
 
     def file_blocks(self, job: int, shuffle: int, map_part: int, blocks: dict[int, Any]) -> None:
         for reduce_part, block in blocks.items():
@@ -326,16 +347,23 @@ class SlotProcess:
             if not msg.hold and (worker, slot) == (msg.worker, msg.slot):
                 self.file_blocks(job, stage_index, p, reduce_blocks)  # stays in this slot
                 continue
-            notice = MapOutputReady(
-                job=job,
-                shuffle=stage_index,
-                map_part=p,
-                worker=worker,
-                slot=slot,
-                reduce_parts=sorted(reduce_blocks),
-                hold=msg.hold,
-            )
-            self.sender.send(encode_frame(encode_meta(notice), cloudpickle.dumps(reduce_blocks)))
+            payload = cloudpickle.dumps(reduce_blocks)
+            size = self.max_block_bytes
+            chunks = max(1, -(-len(payload) // size))
+            for chunk in range(chunks):
+                notice = MapOutputReady(
+                    job=job,
+                    shuffle=stage_index,
+                    map_part=p,
+                    worker=worker,
+                    slot=slot,
+                    reduce_parts=sorted(reduce_blocks),
+                    hold=msg.hold,
+                    chunk=chunk,
+                    chunks=chunks,
+                )
+                piece = payload if chunks == 1 else payload[chunk * size : (chunk + 1) * size]
+                self.sender.send(encode_frame(encode_meta(notice), piece))
 
     def inputs(self, job: int, stage: StageProgram, p: int) -> Any:
         """The shuffle read for a reduce task, once every map output it needs is here."""
@@ -367,12 +395,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adrizzle.worker.slot")
     parser.add_argument("fd", type=int)
     parser.add_argument("--shuffle-timeout", type=float, default=60.0)
+    parser.add_argument("--max-block-bytes", type=int, default=1 << 30)
     args = parser.parse_args(argv)
     # Ctrl-C reaches the whole process group; the worker decides when its slots stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=args.fd)
     try:
-        SlotProcess(sock, args.shuffle_timeout).serve()
+        SlotProcess(sock, args.shuffle_timeout, args.max_block_bytes).serve()
     except (WorkerGone, BrokenPipeError, ConnectionResetError):
         pass
     finally:

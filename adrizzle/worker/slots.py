@@ -49,7 +49,13 @@ class SlotPool:
         self.slots: list[Slot] = []
         self._closing = False
 
-    async def start(self, n: int, timeout: float = 30.0, shuffle_timeout: float = 60.0) -> None:
+    async def start(
+        self,
+        n: int,
+        timeout: float = 30.0,
+        shuffle_timeout: float = 60.0,
+        max_block_bytes: int = 1 << 30,
+    ) -> None:
         loop = asyncio.get_running_loop()
         # A fixed hash seed in every slot of the cluster: shuffle keys that fall back to hash()
         # (see adrizzle.api.partitioning) then pick the same reducer in every process.
@@ -67,6 +73,8 @@ class SlotPool:
                         str(theirs.fileno()),
                         "--shuffle-timeout",
                         str(shuffle_timeout),
+                        "--max-block-bytes",
+                        str(max_block_bytes),
                     ],
                     pass_fds=(theirs.fileno(),),
                     stdin=subprocess.DEVNULL,
