@@ -43,6 +43,12 @@ class BlockRegistry:
             for key in [k for k in holders if k[0] == worker]:
                 holders.discard(key)
 
+    def forget_slot(self, worker: str, slot: int) -> None:
+        """Ship every source block to this slot again when next needed."""
+        for holders in self._on_slot.values():
+            for key in [k for k in holders if k[:2] == (worker, slot)]:
+                holders.discard(key)
+
     def _process_releases(self) -> None:
         while self._release_queue:
             node_id = self._release_queue.pop()

@@ -22,6 +22,7 @@ from adrizzle.wire.messages import (
     PROTOCOL_VERSION,
     BatchResult,
     GroupDone,
+    GroupFailed,
     Heartbeat,
     Hello,
     Message,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("adrizzle.driver")
 
-WORKER_MESSAGES = (BatchResult, GroupDone, Heartbeat)
+WORKER_MESSAGES = (BatchResult, GroupDone, GroupFailed, Heartbeat)
 
 
 @dataclasses.dataclass(slots=True)

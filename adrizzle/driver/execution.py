@@ -24,7 +24,7 @@ import cloudpickle
 
 from adrizzle.api.program import ShippedSource, ShuffleRead, stage_waves
 from adrizzle.errors import AdrizzleError, RunTimeoutError, SerializationError, WorkerLostError
-from adrizzle.wire.messages import BatchResult, GroupDone, LaunchGroup, Message
+from adrizzle.wire.messages import BatchResult, GroupDone, GroupFailed, LaunchGroup, Message
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -195,8 +195,13 @@ class RunExecution:
             worker.tasks_done += len(msg.parts) * len(msg.jobs)
             if done:
                 self._deliver(done)
+        elif type(msg) is GroupFailed:
+            self._blocks.forget_slot(msg.worker, msg.slot)  # its data may not have loaded
+            self._fail(SerializationError(msg.reason))
         elif type(msg) is GroupDone:
             worker.groups_done += 1
+            if msg.pushed_blocks:
+                self._metrics.shuffle_pushed(msg.pushed_blocks, msg.pushed_bytes)
             finished, next_wave = self.sched.group_done(worker.id, msg.group)
             if next_wave is not None:
                 self._launch(next_wave)

@@ -28,6 +28,8 @@ class DriverMetrics:
         self.failures = 0
         self.recoveries = 0
         self.group_sizes: deque[int] = deque(maxlen=RECENT)
+        self.shuffle_blocks_pushed = 0
+        self.shuffle_bytes_pushed = 0
 
     def group_launched(self, size: int) -> None:
         self.groups_launched += 1
@@ -35,6 +37,10 @@ class DriverMetrics:
 
     def group_acked(self) -> None:
         self.groups_acked += 1
+
+    def shuffle_pushed(self, blocks: int, nbytes: int) -> None:
+        self.shuffle_blocks_pushed += blocks
+        self.shuffle_bytes_pushed += nbytes
 
     def jobs_completed(self, outcomes: Iterable[JobOutcome]) -> None:
         for o in outcomes:
@@ -55,4 +61,6 @@ class DriverMetrics:
             "recoveries": self.recoveries,
             "group_size": self.group_sizes[-1] if self.group_sizes else None,
             "recent_group_sizes": list(self.group_sizes),
+            "shuffle_blocks_pushed": self.shuffle_blocks_pushed,
+            "shuffle_bytes_pushed": self.shuffle_bytes_pushed,
         }

@@ -154,13 +154,16 @@ class BatchResult(Message):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class GroupDone(Message):
-    """The one acknowledgement a worker sends per group, with its tasks' totals."""
+    """The one acknowledgement a worker sends per group, with its tasks' totals (and the map
+    outputs its slots sent to other slots: frames and payload bytes)."""
 
     TAG: ClassVar[str] = "group_done"
     group: int
     tasks: int
     failed: int
     busy_us: int
+    pushed_blocks: int = 0
+    pushed_bytes: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -200,12 +203,28 @@ class RunTasks(Message):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class GroupFailed(Message):
+    """A slot could not load a group's program or data (for example a function pickled by
+    reference to a module the worker cannot import); the worker forwards it to the driver,
+    which fails the run with this reason and re-ships source blocks to that slot next time.
+    The slot still sends its ``slot_done``."""
+
+    TAG: ClassVar[str] = "group_failed"
+    group: int
+    worker: str
+    slot: int
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class SlotDone(Message):
     TAG: ClassVar[str] = "slot_done"
     group: int
     tasks: int
     failed: int
     busy_us: int
+    pushed_blocks: int = 0
+    pushed_bytes: int = 0
 
 
 # --- encoding and checked decoding -----------------------------------------------------------
@@ -273,6 +292,7 @@ _register(
     SlotReady,
     RunTasks,
     SlotDone,
+    GroupFailed,
 )
 
 HANDSHAKE_TYPES: frozenset[type[Message]] = frozenset({Hello, Auth, Error})

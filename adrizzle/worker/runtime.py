@@ -30,6 +30,7 @@ from adrizzle.wire.messages import (
     ClusterView,
     FetchBlocks,
     GroupDone,
+    GroupFailed,
     Heartbeat,
     Hello,
     LaunchGroup,
@@ -70,6 +71,8 @@ class _GroupTally:
     tasks: int = 0
     failed: int = 0
     busy_us: int = 0
+    pushed_blocks: int = 0
+    pushed_bytes: int = 0
 
 
 class WorkerRuntime:
@@ -295,7 +298,7 @@ class WorkerRuntime:
         channel = self.channel
         if channel is None or not channel.is_open:
             return
-        if type(msg) is BatchResult:
+        if type(msg) is BatchResult or type(msg) is GroupFailed:
             channel.send(msg, payload)
         elif type(msg) is MapOutputReady:
             self._route_block(msg, payload)
@@ -307,9 +310,19 @@ class WorkerRuntime:
             tally.tasks += msg.tasks
             tally.failed += msg.failed
             tally.busy_us += msg.busy_us
+            tally.pushed_blocks += msg.pushed_blocks
+            tally.pushed_bytes += msg.pushed_bytes
             if tally.slots_left == 0:
                 del self._groups[msg.group]
-                channel.send(GroupDone(msg.group, tally.tasks, tally.failed, tally.busy_us))
+                done = GroupDone(
+                    msg.group,
+                    tally.tasks,
+                    tally.failed,
+                    tally.busy_us,
+                    tally.pushed_blocks,
+                    tally.pushed_bytes,
+                )
+                channel.send(done)
 
     def _on_slot_lost(self, slot: Slot) -> None:
         code = slot.process.poll()

@@ -34,6 +34,7 @@ from adrizzle.api.program import (
 from adrizzle.wire.framing import FrameDecoder, FrameLimits, encode_frame
 from adrizzle.wire.messages import (
     BatchResult,
+    GroupFailed,
     MapOutputReady,
     RunTasks,
     Shutdown,
@@ -142,13 +143,19 @@ class ResultSender:
             self._sock.sendall(frame)
 
     def finish_group(
-        self, group: int, tasks: int, failed: int, busy_us: int, unpicklable_before: int
+        self,
+        group: int,
+        tasks: int,
+        failed: int,
+        busy_us: int,
+        unpicklable_before: int,
+        pushed: tuple[int, int] = (0, 0),
     ) -> None:
         """Flush the group's last results, then send its ``slot_done``."""
         with self._cond:
             self._flush()
             failed += self.unpicklable - unpicklable_before
-            done = SlotDone(group=group, tasks=tasks, failed=failed, busy_us=busy_us)
+            done = SlotDone(group, tasks, failed, busy_us, pushed[0], pushed[1])
             self._sock.sendall(encode_frame(encode_meta(done)))
 
     def _flush(self) -> None:
@@ -190,6 +197,8 @@ class SlotProcess:
         self.max_block_bytes = max(1, max_block_bytes)
         # (job, shuffle, map partition, reducer slot) -> chunks of a split map output so far
         self.partial: dict[tuple[int, int, int, int], dict[int, bytes]] = {}
+        self.pushed_blocks = 0  # map output frames sent to other slots (this group)
+        self.pushed_bytes = 0
         self.decoder = FrameDecoder(TRUSTED_LIMITS)
         self.sender = ResultSender(sock)
         self.store: BlockStore = {}
@@ -247,13 +256,33 @@ class SlotProcess:
         """Run this slot's tasks of a group by priority: lower batch first, then stage order;
         a reduce waiting for map outputs lets later ready tasks (the next batch's maps) run."""
         started = time.perf_counter()
+        self.pushed_blocks = self.pushed_bytes = 0
         for node_id in msg.release:
             for key in [k for k in self.store if k[0] == node_id]:
                 del self.store[key]
         view = memoryview(payload)
-        programs: list[JobProgram] = pickle.loads(view[: msg.program_len])
-        if len(payload) > msg.program_len:
-            self.store.update(pickle.loads(view[msg.program_len :]))
+        try:
+            # Data first: the driver counts it as shipped, so a bad program must not lose it.
+            what = "source data"
+            if len(payload) > msg.program_len:
+                self.store.update(pickle.loads(view[msg.program_len :]))
+            what = "program"
+            programs: list[JobProgram] = pickle.loads(view[: msg.program_len])
+        except Exception as exc:  # e.g. a function pickled by reference to a missing module
+            reason = (
+                f"worker {msg.worker} slot {msg.slot} cannot load the {what} of jobs "
+                f"{msg.first_job}..{msg.last_job - 1}: {type(exc).__name__}: {exc}"
+            )
+            if isinstance(exc, ImportError):
+                reason += (
+                    " (functions from modules the workers cannot import are pickled by "
+                    "reference; install the module on the workers or define the function in "
+                    "__main__ or with cloudpickle.register_pickle_by_value)"
+                )
+            notice = GroupFailed(msg.group, msg.worker, msg.slot, reason)
+            self.sender.send(encode_frame(encode_meta(notice)))
+            self.sender.finish_group(msg.group, 0, 0, 0, self.sender.unpicklable)
+            return
         n = len(msg.placement_slots)
         me = (msg.worker, msg.slot)
         mine = [
@@ -304,7 +333,14 @@ class SlotProcess:
                 result_jobs_left -= 1
                 self.sender.add(msg, result_parts, job, values, failed, result_jobs_left == 0)
         busy_us = int((time.perf_counter() - started) * 1e6)
-        self.sender.finish_group(msg.group, tasks, failed_total, busy_us, unpicklable_before)
+        self.sender.finish_group(
+            msg.group,
+            tasks,
+            failed_total,
+            busy_us,
+            unpicklable_before,
+            (self.pushed_blocks, self.pushed_bytes),
+        )
 
     def ready(self, programs: list[JobProgram], msg: RunTasks, task: tuple[int, int, int]) -> bool:
         job, stage_index, p = task
@@ -350,6 +386,8 @@ class SlotProcess:
             payload = cloudpickle.dumps(reduce_blocks)
             size = self.max_block_bytes
             chunks = max(1, -(-len(payload) // size))
+            self.pushed_blocks += 1
+            self.pushed_bytes += len(payload)
             for chunk in range(chunks):
                 notice = MapOutputReady(
                     job=job,

@@ -20,6 +20,7 @@ from adrizzle.wire.channel import Channel
 from adrizzle.wire.connection import Connection
 from adrizzle.wire.messages import (
     BatchResult,
+    GroupFailed,
     MapOutputReady,
     Message,
     Shutdown,
@@ -27,7 +28,7 @@ from adrizzle.wire.messages import (
     SlotReady,
 )
 
-SLOT_MESSAGES = (SlotReady, BatchResult, SlotDone, MapOutputReady)
+SLOT_MESSAGES = (SlotReady, BatchResult, SlotDone, MapOutputReady, GroupFailed)
 
 
 @dataclasses.dataclass(slots=True)

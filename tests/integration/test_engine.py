@@ -281,3 +281,21 @@ def test_non_loopback_without_token_is_refused(monkeypatch: pytest.MonkeyPatch) 
 def test_processes_helper_sees_nothing_stale() -> None:
     # Guards the leak checker itself: it must not count this test process.
     assert os.getpid() not in adrizzle_processes()
+
+
+async def test_function_from_a_module_workers_cannot_import(
+    engine: adrizzle.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cloudpickle pickles functions of importable modules by reference; the workers lack
+    # this module, so loading the program fails there. The run fails with a clear error and
+    # the worker (and its slot) survive it.
+    (tmp_path / "driver_only_mod.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import driver_only_mod  # type: ignore[import-not-found]
+
+    data = engine.parallelize(range(8), partitions=2)
+    with pytest.raises(SerializationError, match="No module named 'driver_only_mod'"):
+        await engine.run_jobs([data.map(driver_only_mod.double)], sum, timeout=30)
+    pids = {w["pid"] for w in engine.workers}
+    assert await engine.run_jobs([data], sum, timeout=30) == [[6, 22]]
+    assert {w["pid"] for w in engine.workers} == pids

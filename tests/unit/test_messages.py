@@ -21,6 +21,7 @@ from adrizzle.wire.messages import (
     Error,
     FetchBlocks,
     GroupDone,
+    GroupFailed,
     Heartbeat,
     Hello,
     LaunchGroup,
@@ -61,7 +62,7 @@ SAMPLES: list[Message] = [
         release=[1, 2],
     ),
     BatchResult(group=3, jobs=[11, 12], parts=[0, 2], failed=[0, 1]),
-    GroupDone(group=3, tasks=16, failed=1, busy_us=12345),
+    GroupDone(group=3, tasks=16, failed=1, busy_us=12345, pushed_blocks=4, pushed_bytes=999),
     Shutdown(),
     SlotReady(pid=4321),
     RunTasks(
@@ -79,7 +80,8 @@ SAMPLES: list[Message] = [
     ClusterView(workers=["w1", "w2"], data_addresses=["127.0.0.1:1", "127.0.0.1:2"]),
     MapOutputReady(job=4, shuffle=0, map_part=2, worker="w2", slot=1, reduce_parts=[1, 3]),
     FetchBlocks(first_job=0, last_job=10, shuffles=[0], worker="w1"),
-    SlotDone(group=3, tasks=8, failed=0, busy_us=777),
+    GroupFailed(group=3, worker="w1", slot=0, reason="cannot load: ModuleNotFoundError"),
+    SlotDone(group=3, tasks=8, failed=0, busy_us=777, pushed_blocks=2, pushed_bytes=500),
 ]
 
 
