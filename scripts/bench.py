@@ -1,6 +1,7 @@
 """adrizzle benchmarks. Every number is measured side by side in one run on this machine.
 
     python scripts/bench.py single-stage [--batches 200] [--repeats 3] [--quick] [--json]
+    python scripts/bench.py shuffle      [--batches 200] [--repeats 3] [--quick] [--json]
 
 Sub-commands are added as the engine grows (shuffle, streaming, recovery, scaling, peers, all).
 Results are printed as a markdown table and written under bench-results/.
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import operator
 import os
 import platform
 import statistics
@@ -19,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 import adrizzle
 
@@ -111,7 +115,126 @@ async def bench_single_stage(args: argparse.Namespace) -> dict[str, Any]:
     return {"name": "single-stage", "rows": table, "speedup_100_vs_1": speedup, "lines": lines}
 
 
-BENCHES = {"single-stage": bench_single_stage}
+def _shuffle_job(engine: adrizzle.Engine) -> adrizzle.Dataset:
+    data = engine.parallelize(range(4 * 1000), partitions=4).cache()
+    return data.map(_mod16_one).reduce_by_key(operator.add, partitions=2)
+
+
+def _mod16_one(x: int) -> tuple[int, int]:
+    return (x % 16, 1)
+
+
+SHUFFLE_EXPECTED = sorted((k, 250) for k in range(16))
+
+
+async def shuffle_once(
+    engine: adrizzle.Engine,
+    job: adrizzle.Dataset,
+    batches: int,
+    group_size: int,
+    pre_schedule: bool,
+) -> dict[str, float]:
+    await _settle(engine)
+    before = engine.statistics()
+    t0 = time.perf_counter()
+    results = await engine.run_jobs(
+        [job] * batches, list, group_size=group_size, pre_schedule=pre_schedule
+    )
+    wall = time.perf_counter() - t0
+    await _settle(engine)
+    after = engine.statistics()
+    for per_partition in results:  # every micro-batch's answer is checked
+        assert sorted(kv for part in per_partition for kv in part) == SHUFFLE_EXPECTED
+
+    def frames(kind: str) -> int:
+        return int(sum(after[kind].values()) - sum(before[kind].values()))
+
+    return {
+        "ms_per_batch": wall / batches * 1e3,
+        "driver_frames_per_batch": (frames("frames_sent") + frames("frames_received")) / batches,
+        "launch_per_batch": (
+            after["frames_sent"].get("launch_group", 0)
+            - before["frames_sent"].get("launch_group", 0)
+        )
+        / batches,
+        "pushed_bytes_per_batch": (after["shuffle_bytes_pushed"] - before["shuffle_bytes_pushed"])
+        / batches,
+        "pushed_blocks_per_batch": (
+            after["shuffle_blocks_pushed"] - before["shuffle_blocks_pushed"]
+        )
+        / batches,
+    }
+
+
+def _cluster_rss_mib(engine: adrizzle.Engine) -> float:
+    """Resident memory of every local worker process and its slots, in MiB."""
+    total = 0
+    for w in engine.workers:
+        if w.get("pid") is None:
+            continue
+        try:
+            proc = psutil.Process(w["pid"])
+            total += sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])
+        except psutil.NoSuchProcess:
+            continue
+    return total / 2**20
+
+
+async def bench_shuffle(args: argparse.Namespace) -> dict[str, Any]:
+    modes = [(True, 1), (True, 10), (True, 100), (False, 1)]
+    rows: dict[tuple[bool, int], list[dict[str, float]]] = {m: [] for m in modes}
+    memory: list[tuple[int, float]] = []
+    async with adrizzle.Engine.local(workers=args.workers, cores=1) as engine:
+        job = _shuffle_job(engine)
+        await engine.run_jobs([job] * 20, list, group_size=10)  # warm-up: ship, dial peers
+        for _ in range(args.repeats):
+            for pre, g in modes:  # interleaved, so drift hits every mode alike
+                rows[(pre, g)].append(await shuffle_once(engine, job, args.batches, g, pre))
+        # Memory: shuffle blocks of finished batches must be freed. 1000 micro-batches in
+        # groups of 10, RSS of all worker and slot processes sampled every 100.
+        memory_batches = 200 if args.quick else 1000
+        memory.append((0, _cluster_rss_mib(engine)))
+        for done in range(100, memory_batches + 1, 100):
+            await engine.run_jobs([job] * 100, list, group_size=10)
+            memory.append((done, _cluster_rss_mib(engine)))
+    table = []
+    for pre, g in modes:
+        med = {k: statistics.median(r[k] for r in rows[(pre, g)]) for k in rows[(pre, g)][0]}
+        table.append({"mode": "pre-scheduled" if pre else "BSP", "group_size": g, **med})
+    bsp = next(r for r in table if r["mode"] == "BSP")["ms_per_batch"]
+    g100 = next(r for r in table if r["group_size"] == 100)["ms_per_batch"]
+    lines = [
+        f"### shuffle: 4 map partitions x 1000 ints -> (x % 16, 1) -> reduce_by_key into 2; "
+        f"{args.workers} local workers, {args.batches} micro-batches, median of {args.repeats}",
+        "",
+        "| mode | group size | ms / micro-batch | driver frames / batch | launch frames / batch "
+        "| blocks pushed / batch | bytes pushed / batch |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r['mode']} | {r['group_size']} | {r['ms_per_batch']:.3f} "
+            f"| {r['driver_frames_per_batch']:.3f} | {r['launch_per_batch']:.3f} "
+            f"| {r['pushed_blocks_per_batch']:.1f} | {r['pushed_bytes_per_batch']:.0f} |"
+        )
+    lines += [
+        "",
+        f"pre-scheduled group size 100 is **{bsp / g100:.1f}x** faster per micro-batch than "
+        f"BSP group size 1 (target >= 15x).",
+        "",
+        "Worker + slot RSS (MiB) after N more micro-batches (group size 10): "
+        + ", ".join(f"{n}: {mib:.1f}" for n, mib in memory),
+    ]
+    return {
+        "name": "shuffle",
+        "rows": table,
+        "speedup_100_vs_bsp_1": bsp / g100,
+        "rss_mib": memory,
+        "lines": lines,
+    }
+
+
+BENCHES = {"single-stage": bench_single_stage, "shuffle": bench_shuffle}
 
 
 def main() -> None:
