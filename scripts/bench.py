@@ -180,6 +180,24 @@ def _cluster_rss_mib(engine: adrizzle.Engine) -> float:
     return total / 2**20
 
 
+def shuffle_compute_floor_ms(workers: int, batches: int = 200) -> float:
+    """The batch's Python work alone (map, combine, partition, reduce) in this process, with no
+    engine, divided by the workers that would share it: no design can beat this per batch."""
+    parts = [list(range(p * 1000, (p + 1) * 1000)) for p in range(4)]
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        reducers: list[dict[int, int]] = [{}, {}]
+        for part in parts:
+            combined: dict[int, int] = {}
+            for k, v in map(_mod16_one, part):
+                combined[k] = combined[k] + v if k in combined else v
+            for k, v in combined.items():
+                r = reducers[hash(k) % 2]
+                r[k] = r[k] + v if k in r else v
+        assert sorted(kv for r in reducers for kv in r.items()) == SHUFFLE_EXPECTED
+    return (time.perf_counter() - t0) / batches * 1e3 / workers
+
+
 async def bench_shuffle(args: argparse.Namespace) -> dict[str, Any]:
     modes = [(True, 1), (True, 10), (True, 100), (False, 1)]
     rows: dict[tuple[bool, int], list[dict[str, float]]] = {m: [] for m in modes}
@@ -203,6 +221,7 @@ async def bench_shuffle(args: argparse.Namespace) -> dict[str, Any]:
         table.append({"mode": "pre-scheduled" if pre else "BSP", "group_size": g, **med})
     bsp = next(r for r in table if r["mode"] == "BSP")["ms_per_batch"]
     g100 = next(r for r in table if r["group_size"] == 100)["ms_per_batch"]
+    floor = statistics.median(shuffle_compute_floor_ms(args.workers) for _ in range(3))
     lines = [
         f"### shuffle: 4 map partitions x 1000 ints -> (x % 16, 1) -> reduce_by_key into 2; "
         f"{args.workers} local workers, {args.batches} micro-batches, median of {args.repeats}",
@@ -222,6 +241,11 @@ async def bench_shuffle(args: argparse.Namespace) -> dict[str, Any]:
         f"pre-scheduled group size 100 is **{bsp / g100:.1f}x** faster per micro-batch than "
         f"BSP group size 1 (target >= 15x).",
         "",
+        f"Compute floor (the same map/combine/reduce in one process, no engine, / "
+        f"{args.workers} workers): {floor:.3f} ms per micro-batch, so no engine on this "
+        f"machine can be more than {bsp / floor:.1f}x faster than BSP group size 1 here; "
+        f"group size 100 is at {g100 / floor:.1f}x the floor.",
+        "",
         "Worker + slot RSS (MiB) after N more micro-batches (group size 10): "
         + ", ".join(f"{n}: {mib:.1f}" for n, mib in memory),
     ]
@@ -229,6 +253,7 @@ async def bench_shuffle(args: argparse.Namespace) -> dict[str, Any]:
         "name": "shuffle",
         "rows": table,
         "speedup_100_vs_bsp_1": bsp / g100,
+        "compute_floor_ms": floor,
         "rss_mib": memory,
         "lines": lines,
     }
