@@ -369,6 +369,7 @@ class Engine:
             ),
             group_ids=self._group_ids,
             waves=len(run_waves(programs[0], pre_schedule)) if programs else 1,
+            slots=slots,
         )
         run = RunExecution(
             scheduler=scheduler,
@@ -381,6 +382,8 @@ class Engine:
             max_buffered=max(4 * group_size * self.window, 64),
             linger_us=int(self.result_linger * 1e6),
             pre_schedule=pre_schedule,
+            stage_partitions=[s.partitions for s in stages],
+            no_workers_timeout=self.worker_timeout,
         )
         self._runs.add(run)
         try:
@@ -439,6 +442,8 @@ class Engine:
     def _on_joined(self, worker: WorkerHandle) -> None:
         self._blocks.add_worker(worker.id)
         self._broadcast_cluster_view()
+        for run in list(self._runs):
+            run.on_worker_joined(worker)
 
     def _on_lost(self, worker: WorkerHandle) -> None:
         self._blocks.forget_worker(worker.id)

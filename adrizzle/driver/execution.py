@@ -23,8 +23,22 @@ from typing import TYPE_CHECKING
 import cloudpickle
 
 from adrizzle.api.program import ShippedSource, ShuffleRead, stage_waves
-from adrizzle.errors import AdrizzleError, RunTimeoutError, SerializationError, WorkerLostError
-from adrizzle.wire.messages import BatchResult, GroupDone, GroupFailed, LaunchGroup, Message
+from adrizzle.driver.scheduler import interleave_slots, place_partitions
+from adrizzle.errors import (
+    AdrizzleError,
+    NoWorkersError,
+    RunTimeoutError,
+    SerializationError,
+    WorkerLostError,
+)
+from adrizzle.wire.messages import (
+    BatchResult,
+    CancelGroups,
+    GroupDone,
+    GroupFailed,
+    LaunchGroup,
+    Message,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -67,6 +81,8 @@ class RunExecution:
         max_buffered: int,
         linger_us: int = 0,
         pre_schedule: bool = True,
+        stage_partitions: list[int] | None = None,
+        no_workers_timeout: float = 30.0,
     ) -> None:
         self.sched = scheduler
         self.programs = programs
@@ -77,9 +93,17 @@ class RunExecution:
         self._max_buffered = max_buffered
         self._linger_us = linger_us
         self._pre_schedule = pre_schedule
-        self._placement_workers = [s.worker for s in slots]
-        self._placement_slots = [s.slot for s in slots]
-        self._slot_index = {(s.worker, s.slot): i for i, s in enumerate(slots)}
+        self._stage_partitions = stage_partitions or []
+        self._no_workers_timeout = no_workers_timeout
+        self._starved: asyncio.TimerHandle | None = None
+        self._placement: tuple[int, list[str], list[int], dict[tuple[str, int], int]] = (
+            -1,
+            [],
+            [],
+            {},
+        )
+        if not scheduler.slots:
+            scheduler.slots = list(slots)
         self._waves = run_waves(programs[0], pre_schedule) if programs else [[]]
         self._outcomes: deque[JobOutcome] = deque()
         self._wakeup: asyncio.Future[None] | None = None
@@ -105,10 +129,24 @@ class RunExecution:
                 return
             self._launch(plan)
 
+    def _placement_of(
+        self, plan: GroupPlan
+    ) -> tuple[list[str], list[int], dict[tuple[str, int], int]]:
+        """The placement arrays of the plan's slots (rebuilt only when the slots change)."""
+        if self._placement[0] != id(plan.slots):
+            slots = plan.slots
+            self._placement = (
+                id(plan.slots),
+                [s.worker for s in slots],
+                [s.slot for s in slots],
+                {(s.worker, s.slot): i for i, s in enumerate(slots)},
+            )
+        return self._placement[1], self._placement[2], self._placement[3]
+
     def _sources_on_slot(
         self, plan: GroupPlan, stages: list[int], slot_index: int
     ) -> list[tuple[int, list[int]]]:
-        n = len(self._placement_slots)
+        n = len(plan.slots)
         found: dict[int, list[int]] = {}
         programs = self.programs[plan.first_job : plan.last_job]
         for program in {id(p): p for p in programs}.values():
@@ -138,6 +176,7 @@ class RunExecution:
             else []
         )
         self._routes[plan.group] = self
+        placement_workers, placement_slots, slot_index = self._placement_of(plan)
         for share in plan.shares:
             handle = self._workers.get(share.worker)
             if handle is None:
@@ -147,7 +186,7 @@ class RunExecution:
                 self._blocks.missing_blocks(
                     share.worker,
                     slot,
-                    self._sources_on_slot(plan, stages, self._slot_index[(share.worker, slot)]),
+                    self._sources_on_slot(plan, stages, slot_index[(share.worker, slot)]),
                 )
                 for slot in share.slot_ids
             ]
@@ -156,8 +195,8 @@ class RunExecution:
                 first_job=plan.first_job,
                 last_job=plan.last_job,
                 stages=stages,
-                placement_workers=self._placement_workers,
-                placement_slots=self._placement_slots,
+                placement_workers=placement_workers,
+                placement_slots=placement_slots,
                 slot_ids=share.slot_ids,
                 slot_data=[len(d) for d in data],
                 program_len=len(blob),
@@ -212,14 +251,62 @@ class RunExecution:
         self.coordination_s += time.perf_counter() - t0
 
     def on_worker_lost(self, worker: WorkerHandle) -> None:
-        err = self.sched.worker_lost(worker.id)
-        if err is not None:
-            self._fail(err)
-        for group, state in list(self.sched.in_flight.items()):
-            if worker.id in state.awaiting:
-                finished, _next = self.sched.group_done(worker.id, group)
-                if finished:
-                    self._routes.pop(group, None)
+        """Recover: abort the groups that had work on ``worker``, tell the survivors to drop
+        them, and re-run their unfinished jobs on the workers left (lineage: sources are
+        re-shipped from the driver, cached partitions and shuffle outputs recomputed)."""
+        if self._failure is not None or self.sched.finished:
+            return
+        aborted = self.sched.recover(worker.id)
+        for plan in aborted:
+            self._routes.pop(plan.group, None)
+        if aborted:
+            self._metrics.recoveries += 1
+            cancel = CancelGroups(groups=sorted(p.group for p in aborted))
+            for handle in self._workers.values():
+                if handle.id != worker.id and handle.channel.is_open:
+                    handle.channel.send(cancel)
+        self.place_on_live_workers(exclude=worker.id)
+        self._launch_more()
+
+    def on_worker_joined(self, worker: WorkerHandle) -> None:
+        """Elasticity: groups planned from now on spread over the new worker too."""
+        if self._failure is None and not self.sched.finished:
+            self.place_on_live_workers()
+            self._launch_more()
+
+    def place_on_live_workers(self, exclude: str | None = None) -> None:
+        handles = sorted(
+            (h for h in self._workers.values() if h.id != exclude and h.channel.is_open),
+            key=lambda h: h.id,
+        )
+        slots = interleave_slots((h.id, h.cores) for h in handles)
+        if slots == self.sched.slots:
+            return
+        partitions = self.sched.partitions
+        shares = (
+            place_partitions(partitions, slots, self._stage_partitions)
+            if slots and partitions
+            else []
+        )
+        self.sched.set_placement(slots, shares)
+        if slots:
+            if self._starved is not None:
+                self._starved.cancel()
+                self._starved = None
+        elif self._starved is None and partitions:
+            self._starved = asyncio.get_running_loop().call_later(
+                self._no_workers_timeout, self._no_workers
+            )
+
+    def _no_workers(self) -> None:
+        self._starved = None
+        if not self.sched.slots:
+            self._fail(
+                NoWorkersError(
+                    f"every worker was lost and none joined within "
+                    f"{self._no_workers_timeout:g} s: {self.sched.describe_progress()}"
+                )
+            )
 
     # -- delivery ------------------------------------------------------------------------
 
@@ -242,6 +329,9 @@ class RunExecution:
         """Stop launching (the caller stopped iterating). Groups in flight keep their routes
         until acknowledged, so the acks are still counted."""
         self._closed = True
+        if self._starved is not None:
+            self._starved.cancel()
+            self._starved = None
 
     async def outcomes(self, timeout: float | None = None) -> AsyncIterator[JobOutcome]:
         """Yield finished jobs in order; a run not finished after ``timeout`` s fails."""

@@ -40,6 +40,9 @@ class GroupPlan:
     last_job: int
     shares: list[WorkerShare]
     wave: int = 0
+    # Where partition p of every stage runs: slots[p % len(slots)]. Fixed for the group's
+    # life; the next group may use another placement (workers joined or were lost).
+    slots: list[SlotRef] = dataclasses.field(default_factory=list)
 
     @property
     def jobs(self) -> range:
@@ -105,6 +108,7 @@ class RunScheduler:
         shares: list[WorkerShare],
         group_ids: Iterator[int],
         waves: int = 1,
+        slots: list[SlotRef] | None = None,
     ) -> None:
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -115,7 +119,13 @@ class RunScheduler:
         self.group_size = group_size
         self.window = window
         self.shares = shares
+        self.slots = list(slots or [])
         self.waves = waves
+        # Recovery: jobs of aborted groups, re-run one per group, lowest first; then new
+        # groups grow back from 1 to group_size by doubling.
+        self.redo: list[int] = []
+        self._regrow: int | None = None
+        self.recoveries = 0
         self._group_ids = group_ids
         self.next_job = 0
         self.in_flight: dict[int, _GroupState] = {}
@@ -131,17 +141,26 @@ class RunScheduler:
         return self.next_to_deliver >= self.n_jobs
 
     def can_launch(self) -> bool:
-        return self.next_job < self.n_jobs and len(self.in_flight) < self.window
+        if len(self.in_flight) >= self.window or not self.shares:
+            return False
+        return bool(self.redo) or self.next_job < self.n_jobs
 
     def plan_next_group(self, group_size: int | None = None) -> GroupPlan | None:
         """The next group to launch, or None while the window is full or no job is left."""
         if not self.can_launch():
             return None
-        size = group_size or self.group_size
-        first = self.next_job
-        last = min(first + size, self.n_jobs)
-        self.next_job = last
-        plan = GroupPlan(next(self._group_ids), first, last, self.shares)
+        if self.redo:
+            first = self.redo.pop(0)
+            last = first + 1
+        else:
+            size = group_size or self.group_size
+            if self._regrow is not None:
+                size = min(size, self._regrow)
+                self._regrow = None if size >= self.group_size else size * 2
+            first = self.next_job
+            last = min(first + size, self.n_jobs)
+            self.next_job = last
+        plan = GroupPlan(next(self._group_ids), first, last, self.shares, slots=self.slots)
         self.in_flight[plan.group] = _GroupState(plan, {s.worker for s in plan.shares})
         for job in plan.jobs:
             self._values[job] = [None] * self.partitions
@@ -219,6 +238,37 @@ class RunScheduler:
             f"{self.next_to_deliver} of {self.n_jobs} jobs delivered; in flight: "
             f"{groups or 'none'}; {parts or 'no partial job'}"
         )
+
+    def set_placement(self, slots: list[SlotRef], shares: list[WorkerShare]) -> None:
+        """Groups planned from now on run on these slots (groups in flight keep theirs)."""
+        self.slots, self.shares = list(slots), shares
+
+    def recover(self, worker: str) -> list[GroupPlan]:
+        """``worker`` is gone: abort every group in flight that placed work on it.
+
+        Their unfinished jobs go back to be re-run one job per group (values that arrived
+        for them are dropped, so each (job, partition) is delivered once, from one attempt);
+        finished jobs stay done. Returns the aborted plans (their late frames must be
+        ignored, and the survivors told to drop them).
+        """
+        aborted = [
+            st.plan
+            for st in self.in_flight.values()
+            if any(share.worker == worker for share in st.plan.shares)
+        ]
+        for plan in aborted:
+            del self.in_flight[plan.group]
+            for job in plan.jobs:
+                if job in self._remaining:  # not finished: forget this attempt's values
+                    self._values.pop(job, None)
+                    self._remaining.pop(job, None)
+                    self._errors.pop(job, None)
+                    self.redo.append(job)
+        if aborted:
+            self.redo.sort()
+            self._regrow = 1
+            self.recoveries += 1
+        return aborted
 
     def worker_lost(self, worker: str) -> WorkerLostError | None:
         """The error to fail the run with if ``worker`` held work of this run, else None."""

@@ -113,6 +113,7 @@ class MapOutputReady(Message):
     reducer's slot joins before counting the output as arrived."""
 
     TAG: ClassVar[str] = "map_output_ready"
+    group: int
     job: int
     shuffle: int
     map_part: int
@@ -130,6 +131,7 @@ class FetchBlocks(Message):
     jobs ``first_job .. last_job - 1`` that are addressed to ``worker``."""
 
     TAG: ClassVar[str] = "fetch_blocks"
+    group: int
     first_job: int
     last_job: int
     shuffles: list[int]
@@ -200,6 +202,16 @@ class RunTasks(Message):
     release: list[int]
     linger_us: int = 0
     hold: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CancelGroups(Message):
+    """Driver to workers (and worker to its slots): drop these groups. Sent after a worker was
+    lost; the groups' unfinished jobs are re-run as new groups, so anything still arriving for
+    the old ones (results, acks, map outputs) is stale and ignored."""
+
+    TAG: ClassVar[str] = "cancel_groups"
+    groups: list[int]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -293,6 +305,7 @@ _register(
     RunTasks,
     SlotDone,
     GroupFailed,
+    CancelGroups,
 )
 
 HANDSHAKE_TYPES: frozenset[type[Message]] = frozenset({Hello, Auth, Error})

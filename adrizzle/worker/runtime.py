@@ -27,6 +27,7 @@ from adrizzle.wire.framing import FrameLimits
 from adrizzle.wire.messages import (
     PROTOCOL_VERSION,
     BatchResult,
+    CancelGroups,
     ClusterView,
     FetchBlocks,
     GroupDone,
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("adrizzle.worker")
 
-DRIVER_MESSAGES = (LaunchGroup, ClusterView, Shutdown, Heartbeat)
+DRIVER_MESSAGES = (LaunchGroup, ClusterView, CancelGroups, Shutdown, Heartbeat)
 
 
 def local_address_towards(host: str, port: int) -> str:
@@ -104,7 +105,8 @@ class WorkerRuntime:
             name=name, token=token, limits=self.limits, on_message=self._on_data_message
         )
         # BSP mode: map outputs kept here until fetched, by (job, shuffle stage, reducer worker).
-        self._held: dict[tuple[int, int, str], list[tuple[MapOutputReady, bytes]]] = {}
+        # Keyed by (group, job, shuffle stage, reducer worker).
+        self._held: dict[tuple[int, int, int, str], list[tuple[MapOutputReady, bytes]]] = {}
         self.channel: Channel | None = None
         self._groups: dict[int, _GroupTally] = {}
         self._stop: asyncio.Future[str] | None = None
@@ -210,8 +212,20 @@ class WorkerRuntime:
             if len(msg.workers) != len(msg.data_addresses):
                 raise RemoteProtocolError("cluster_view: lists differ in length")
             self.peers.addresses = dict(zip(msg.workers, msg.data_addresses, strict=True))
+        elif type(msg) is CancelGroups:
+            self._cancel(msg)
         elif type(msg) is Shutdown:
             self._request_stop("the driver asked us to shut down")
+
+    def _cancel(self, msg: CancelGroups) -> None:
+        """Forget these groups (a worker was lost; they are re-run as new groups)."""
+        cancelled = set(msg.groups)
+        for group in cancelled:
+            self._groups.pop(group, None)
+        for key in [k for k in self._held if k[0] in cancelled]:
+            del self._held[key]
+        for slot in self.pool.slots:
+            slot.channel.send(msg)
 
     def _launch(self, msg: LaunchGroup, payload: bytes) -> None:
         n = len(msg.slot_ids)
@@ -247,7 +261,7 @@ class WorkerRuntime:
             body = payload if n == 1 else b"".join((program, data))
             self.pool.slots[slot_id].channel.send(run, body)
         if msg.fetch:  # BSP: pull this wave's inputs from every map side
-            fetch = FetchBlocks(msg.first_job, msg.last_job, msg.fetch, self.name)
+            fetch = FetchBlocks(msg.group, msg.first_job, msg.last_job, msg.fetch, self.name)
             for worker in sorted(set(msg.placement_workers)):
                 if worker == self.name:
                     self._serve_fetch(fetch, self._deliver_local)
@@ -258,7 +272,8 @@ class WorkerRuntime:
 
     def _route_block(self, msg: MapOutputReady, payload: bytes) -> None:
         if msg.hold:
-            self._held.setdefault((msg.job, msg.shuffle, msg.worker), []).append((msg, payload))
+            key = (msg.group, msg.job, msg.shuffle, msg.worker)
+            self._held.setdefault(key, []).append((msg, payload))
         elif msg.worker == self.name:
             self._deliver_local(msg, payload)
         else:
@@ -274,7 +289,8 @@ class WorkerRuntime:
     ) -> None:
         for job in range(fetch.first_job, fetch.last_job):
             for shuffle in fetch.shuffles:
-                for msg, payload in self._held.pop((job, shuffle, fetch.worker), []):
+                key = (fetch.group, job, shuffle, fetch.worker)
+                for msg, payload in self._held.pop(key, []):
                     send(dataclasses.replace(msg, hold=0), payload)
 
     def _on_data_message(self, channel: Channel, msg: Message, payload: bytes) -> None:

@@ -34,6 +34,7 @@ from adrizzle.api.program import (
 from adrizzle.wire.framing import FrameDecoder, FrameLimits, encode_frame
 from adrizzle.wire.messages import (
     BatchResult,
+    CancelGroups,
     GroupFailed,
     MapOutputReady,
     RunTasks,
@@ -196,15 +197,17 @@ class SlotProcess:
         # Map outputs bigger than the data port's frame cap go out in pieces of this size.
         self.max_block_bytes = max(1, max_block_bytes)
         # (job, shuffle, map partition, reducer slot) -> chunks of a split map output so far
-        self.partial: dict[tuple[int, int, int, int], dict[int, bytes]] = {}
+        self.partial: dict[tuple[int, int, int, int, int], dict[int, bytes]] = {}
         self.pushed_blocks = 0  # map output frames sent to other slots (this group)
         self.pushed_bytes = 0
         self.decoder = FrameDecoder(TRUSTED_LIMITS)
         self.sender = ResultSender(sock)
         self.store: BlockStore = {}
         self.queue: collections.deque[tuple[RunTasks, bytes]] = collections.deque()
-        # (job, shuffle stage, reduce partition) -> {map partition: block}
-        self.inbox: dict[tuple[int, int, int], dict[int, Any]] = {}
+        # (group, job, shuffle stage, reduce partition) -> {map partition: block}. The group
+        # id is the attempt: a re-run after a worker loss never mixes with the old outputs.
+        self.inbox: dict[tuple[int, int, int, int], dict[int, Any]] = {}
+        self.cancelled: set[int] = set()
 
     def serve(self) -> None:
         self.sender.send(encode_frame(encode_meta(SlotReady(pid=os.getpid()))))
@@ -227,18 +230,23 @@ class SlotProcess:
             if isinstance(msg, RunTasks):
                 self.queue.append((msg, payload))
             elif isinstance(msg, MapOutputReady):
+                if msg.group in self.cancelled:
+                    continue
                 if msg.chunks > 1:
                     whole = self.join_chunks(msg, payload)
                     if whole is None:
                         continue
                     payload = whole
-                self.file_blocks(msg.job, msg.shuffle, msg.map_part, pickle.loads(payload))
+                blocks = pickle.loads(payload)
+                self.file_blocks(msg.group, msg.job, msg.shuffle, msg.map_part, blocks)
+            elif isinstance(msg, CancelGroups):
+                self.cancel(msg.groups)
             elif isinstance(msg, Shutdown):
                 raise WorkerGone
 
     def join_chunks(self, msg: MapOutputReady, payload: bytes) -> bytes | None:
         """File one piece of a split map output; the whole payload once every piece is in."""
-        key = (msg.job, msg.shuffle, msg.map_part, msg.slot)
+        key = (msg.group, msg.job, msg.shuffle, msg.map_part, msg.slot)
         pieces = self.partial.setdefault(key, {})
         pieces[msg.chunk] = payload
         if len(pieces) < msg.chunks:
@@ -246,9 +254,32 @@ class SlotProcess:
         del self.partial[key]
         return b"".join(pieces[i] for i in range(msg.chunks))
 
-    def file_blocks(self, job: int, shuffle: int, map_part: int, blocks: dict[int, Any]) -> None:
+    def file_blocks(
+        self, group: int, job: int, shuffle: int, map_part: int, blocks: dict[int, Any]
+    ) -> None:
         for reduce_part, block in blocks.items():
-            self.inbox.setdefault((job, shuffle, reduce_part), {})[map_part] = block
+            self.inbox.setdefault((group, job, shuffle, reduce_part), {})[map_part] = block
+
+    def cancel(self, groups: list[int]) -> None:
+        """Drop these groups: queued, running (at its next wait) and their map outputs."""
+        self.cancelled.update(groups)
+        if len(self.cancelled) > 10_000:  # ids only grow: old ones can no longer arrive
+            self.cancelled = set(sorted(self.cancelled)[-1000:])
+        kept: collections.deque[tuple[RunTasks, bytes]] = collections.deque()
+        for run, payload in self.queue:
+            if run.group not in self.cancelled:
+                kept.append((run, payload))
+            elif len(payload) > run.program_len:
+                # The driver counts source blocks as shipped once sent: keep them.
+                try:
+                    self.store.update(pickle.loads(memoryview(payload)[run.program_len :]))
+                except Exception:
+                    pass  # reported when a task needs the block
+        self.queue = kept
+        for key in [k for k in self.inbox if k[0] in self.cancelled]:
+            del self.inbox[key]
+        for chunk_key in [k for k in self.partial if k[0] in self.cancelled]:
+            del self.partial[chunk_key]
 
     # -- running a group -------------------------------------------------------------------
 
@@ -316,6 +347,8 @@ class SlotProcess:
                     index = 0  # give up on the head task: inputs() raises the timeout error
                 else:
                     self.receive(self.shuffle_timeout - (now - stuck_since))
+                    if msg.group in self.cancelled:
+                        return  # a worker was lost: the driver re-runs these jobs
                     continue
             stuck_since = None
             job, stage_index, p = pending.pop(index)
@@ -324,7 +357,7 @@ class SlotProcess:
             if stage.output is not None:
                 self.run_map_task(msg, job, stage_index, stage, p)
                 continue
-            results[job][p] = self.run_result_task(job, program, stage, p)
+            results[job][p] = self.run_result_task(msg.group, job, program, stage, p)
             if len(results[job]) == len(result_parts):
                 done = results.pop(job)
                 values = [done[q] for q in result_parts]
@@ -347,12 +380,14 @@ class SlotProcess:
         read = programs[job - msg.first_job].stages[stage_index].input
         if not isinstance(read, ShuffleRead):
             return True
-        inbox = self.inbox
-        return all(len(inbox.get((job, s, p), ())) >= maps for s, maps in read.shuffles)
+        inbox, group = self.inbox, msg.group
+        return all(len(inbox.get((group, job, s, p), ())) >= maps for s, maps in read.shuffles)
 
-    def run_result_task(self, job: int, program: JobProgram, stage: StageProgram, p: int) -> Any:
+    def run_result_task(
+        self, group: int, job: int, program: JobProgram, stage: StageProgram, p: int
+    ) -> Any:
         try:
-            return program.action(stage.compute(p, self.store, self.inputs(job, stage, p)))
+            return program.action(stage.compute(p, self.store, self.inputs(group, job, stage, p)))
         except UpstreamFailure as exc:
             return exc.failure
         except WorkerGone:
@@ -366,7 +401,7 @@ class SlotProcess:
         assert stage.output is not None
         try:
             blocks: list[Any] = stage.output.split(
-                stage.compute(p, self.store, self.inputs(job, stage, p))
+                stage.compute(p, self.store, self.inputs(msg.group, job, stage, p))
             )
         except UpstreamFailure as exc:
             blocks = [exc.failure] * stage.output.partitions
@@ -381,7 +416,7 @@ class SlotProcess:
         for index, reduce_blocks in by_slot.items():
             worker, slot = msg.placement_workers[index], msg.placement_slots[index]
             if not msg.hold and (worker, slot) == (msg.worker, msg.slot):
-                self.file_blocks(job, stage_index, p, reduce_blocks)  # stays in this slot
+                self.file_blocks(msg.group, job, stage_index, p, reduce_blocks)  # stays here
                 continue
             payload = cloudpickle.dumps(reduce_blocks)
             size = self.max_block_bytes
@@ -390,6 +425,7 @@ class SlotProcess:
             self.pushed_bytes += len(payload)
             for chunk in range(chunks):
                 notice = MapOutputReady(
+                    group=msg.group,
                     job=job,
                     shuffle=stage_index,
                     map_part=p,
@@ -403,14 +439,14 @@ class SlotProcess:
                 piece = payload if chunks == 1 else payload[chunk * size : (chunk + 1) * size]
                 self.sender.send(encode_frame(encode_meta(notice), piece))
 
-    def inputs(self, job: int, stage: StageProgram, p: int) -> Any:
+    def inputs(self, group: int, job: int, stage: StageProgram, p: int) -> Any:
         """The shuffle read for a reduce task, once every map output it needs is here."""
         read = stage.input
         if not isinstance(read, ShuffleRead):
             return None
         per_shuffle: list[list[Any]] = []
         for shuffle, maps in read.shuffles:
-            key = (job, shuffle, p)
+            key = (group, job, shuffle, p)
             if len(self.inbox.get(key, ())) < maps:
                 have = sorted(self.inbox.pop(key, {}))
                 missing = sorted(set(range(maps)) - set(have))

@@ -17,6 +17,7 @@ from adrizzle.wire.messages import (
     PROTOCOL_VERSION,
     Auth,
     BatchResult,
+    CancelGroups,
     ClusterView,
     Error,
     FetchBlocks,
@@ -78,9 +79,10 @@ SAMPLES: list[Message] = [
         release=[],
     ),
     ClusterView(workers=["w1", "w2"], data_addresses=["127.0.0.1:1", "127.0.0.1:2"]),
-    MapOutputReady(job=4, shuffle=0, map_part=2, worker="w2", slot=1, reduce_parts=[1, 3]),
-    FetchBlocks(first_job=0, last_job=10, shuffles=[0], worker="w1"),
+    MapOutputReady(group=3, job=4, shuffle=0, map_part=2, worker="w2", slot=1, reduce_parts=[1, 3]),
+    FetchBlocks(group=3, first_job=0, last_job=10, shuffles=[0], worker="w1"),
     GroupFailed(group=3, worker="w1", slot=0, reason="cannot load: ModuleNotFoundError"),
+    CancelGroups(groups=[3, 4]),
     SlotDone(group=3, tasks=8, failed=0, busy_us=777, pushed_blocks=2, pushed_bytes=500),
 ]
 
