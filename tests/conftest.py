@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -14,7 +15,12 @@ import adrizzle
 
 
 def adrizzle_processes() -> dict[int, str]:
-    """Every live worker or slot process on this machine, pid -> command line."""
+    """Every live worker or slot process of this checkout, pid -> command line.
+
+    Only processes run by this environment's interpreter count (their command line names
+    ``sys.prefix``): another checkout's test run on the same machine is not ours to judge
+    or kill.
+    """
     found = {}
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         try:
@@ -23,7 +29,7 @@ def adrizzle_processes() -> dict[int, str]:
                 continue
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if "adrizzle-worker" in cmd or "adrizzle.worker" in cmd:
+        if ("adrizzle-worker" in cmd or "adrizzle.worker" in cmd) and sys.prefix in cmd:
             found[proc.info["pid"]] = cmd
     return found
 

@@ -94,6 +94,8 @@ class Engine:
         worker_timeout: float = 30.0,
         result_linger: float = 0.0002,
         status: str | None = None,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 5.0,
     ) -> None:
         host, port = parse_address(listen, 7077)
         resolved = auth.resolve_token(token, token_file)
@@ -130,6 +132,8 @@ class Engine:
             on_joined=self._on_joined,
             on_lost=self._on_lost,
             handshake_timeout=handshake_timeout,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
         )
         self._status_address = status
         self._status: StatusServer | None = None

@@ -86,8 +86,13 @@ class Cluster:
         on_joined: OnWorker,
         on_lost: OnWorker,
         handshake_timeout: float = 5.0,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 5.0,
     ) -> None:
         self._host = host
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self._heartbeats: asyncio.Task[None] | None = None
         self._port = port
         self._token = token
         self._limits = limits
@@ -111,6 +116,25 @@ class Cluster:
         sockname = self._server.sockets[0].getsockname()
         host = sockname[0]
         self.address = f"[{host}]:{sockname[1]}" if ":" in host else f"{host}:{sockname[1]}"
+        self._heartbeats = asyncio.ensure_future(self._heartbeat_loop())
+
+    async def _heartbeat_loop(self) -> None:
+        """Every interval: a heartbeat to each worker; a worker silent for longer than the
+        timeout (stopped, hung, or cut off without a FIN) is closed and so declared lost."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            now = time.time()
+            for handle in list(self.workers.values()):
+                silent = now - handle.last_seen
+                if silent > self.heartbeat_timeout:
+                    handle.channel.abort(
+                        TimeoutError(
+                            f"no frame from worker {handle.id} for {silent:.1f} s "
+                            f"(heartbeat timeout {self.heartbeat_timeout:g} s)"
+                        )
+                    )
+                elif handle.channel.is_open:
+                    handle.channel.send(Heartbeat())
 
     def _new_channel(self) -> Channel:
         conn = Connection(
@@ -206,6 +230,9 @@ class Cluster:
                 pass
 
     async def close(self) -> None:
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+            self._heartbeats = None
         for handle in list(self.workers.values()):
             if handle.channel.is_open:
                 handle.channel.send(Shutdown())

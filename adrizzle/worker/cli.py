@@ -71,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a reduce task waits for its map outputs before failing (default 60)",
     )
     p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=1.0,
+        help="seconds between heartbeats to the driver (default 1)",
+    )
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=5.0,
+        help="exit when the driver has been silent this many seconds (default 5)",
+    )
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -119,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         max_frame_bytes=args.max_frame_bytes,
         data_listen=parse_address(args.data_listen) if args.data_listen else None,
         shuffle_timeout=args.shuffle_timeout,
+        heartbeat_interval=args.heartbeat_interval,
+        heartbeat_timeout=args.heartbeat_timeout,
     )
     try:
         import uvloop

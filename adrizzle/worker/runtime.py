@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from typing import TYPE_CHECKING
 
 from adrizzle.errors import AuthenticationError, ProtocolError, RemoteProtocolError
@@ -90,7 +91,12 @@ class WorkerRuntime:
         max_frame_bytes: int = 1 << 30,
         data_listen: tuple[str, int] | None = None,
         shuffle_timeout: float = 60.0,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 5.0,
     ) -> None:
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self._driver_seen = time.monotonic()
         self.host, self.port = host, port
         self.token = token
         self.cores = cores
@@ -137,7 +143,11 @@ class WorkerRuntime:
                 self.cores,
                 os.getpid(),
             )
-            reason = await self._stop
+            heartbeats = asyncio.ensure_future(self._heartbeat_loop())
+            try:
+                reason = await self._stop
+            finally:
+                heartbeats.cancel()
         except WorkerStartError as exc:
             log.error("%s", exc)
             self.exit_code = 1
@@ -149,6 +159,25 @@ class WorkerRuntime:
             await self.pool.close()
         log.info("worker %s exiting: %s", self.name, reason)
         return self.exit_code
+
+    async def _heartbeat_loop(self) -> None:
+        """A heartbeat to the driver every interval; a driver silent for longer than the
+        timeout is gone (stopped, or cut off without a FIN): stop instead of waiting forever."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            silent = time.monotonic() - self._driver_seen
+            if silent > self.heartbeat_timeout:
+                log.warning(
+                    "no frame from the driver %s for %.1f s (heartbeat timeout %g s)",
+                    self.driver_url,
+                    silent,
+                    self.heartbeat_timeout,
+                )
+                self._request_stop("the driver went silent", code=1)
+                return
+            channel = self.channel
+            if channel is not None and channel.is_open:
+                channel.send(Heartbeat())
 
     def _request_stop(self, reason: str, code: int = 0) -> None:
         if self._stop is not None and not self._stop.done():
@@ -206,6 +235,7 @@ class WorkerRuntime:
     # -- driver -> worker ----------------------------------------------------------------
 
     def _on_driver_message(self, channel: Channel, msg: Message, payload: bytes) -> None:
+        self._driver_seen = time.monotonic()
         if type(msg) is LaunchGroup:
             self._launch(msg, payload)
         elif type(msg) is ClusterView:

@@ -53,7 +53,7 @@ async def test_one_launch_and_one_ack_per_worker_per_group(engine: adrizzle.Engi
     assert 10 * workers <= delta("frames_received", "batch_result") <= 100 * workers
     # During the run the driver sent nothing but launches (cluster views go out on joins).
     sent = {k for k, n in after["frames_sent"].items() if n != before["frames_sent"].get(k, 0)}
-    assert sent == {"launch_group"}
+    assert sent - {"heartbeat"} == {"launch_group"}  # liveness ticks once a second
 
 
 async def test_source_data_is_shipped_once_per_slot(engine: adrizzle.Engine) -> None:

@@ -128,3 +128,32 @@ async def test_iter_jobs_delivers_each_batch_once_across_a_loss() -> None:
                 os.kill(engine.workers[1]["pid"], signal.SIGKILL)
                 killed = True
         assert seen == list(range(n))
+
+
+async def test_stopped_worker_is_declared_lost_by_heartbeat_timeout() -> None:
+    async with adrizzle.Engine.local(
+        workers=3,
+        cores=1,
+        heartbeat_interval=0.2,
+        heartbeat_timeout=1.0,
+        worker_args=["--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.0"],
+    ) as engine:
+        n = 60
+        stopped = engine.workers[2]
+        run = asyncio.ensure_future(engine.run_jobs(jobs_single(engine, n), sum, group_size=4))
+        await asyncio.sleep(0.1)
+        os.kill(stopped["pid"], signal.SIGSTOP)  # connected but silent: no FIN, no RST
+        try:
+            results = await asyncio.wait_for(run, 60)
+            assert results == [expected_single(b) for b in range(n)]
+            assert stopped["id"] not in {w["id"] for w in engine.workers}
+            assert engine.statistics()["workers_lost"] == 1
+        finally:
+            os.kill(stopped["pid"], signal.SIGCONT)
+        # Resumed, it finds the driver dropped it and exits on its own; its late frames
+        # (results of aborted groups) went nowhere: the answers above are exact.
+        for _ in range(100):
+            if engine._local is not None and engine._local.check_alive():
+                break
+            await asyncio.sleep(0.05)
+        assert any(stopped["id"] in s for s in engine._local.check_alive())  # type: ignore[union-attr]
