@@ -6,11 +6,13 @@ scheduling happens in callbacks and coroutines on the caller's event loop (no th
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import dataclasses
 import ipaddress
 import itertools
 import logging
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,7 +29,7 @@ from adrizzle.errors import AdrizzleError, NoWorkersError, TaskError
 from adrizzle.wire import auth
 from adrizzle.wire.channel import FrameCounter
 from adrizzle.wire.framing import FrameLimits
-from adrizzle.wire.messages import ClusterView, Heartbeat, Message
+from adrizzle.wire.messages import ClusterView, Draining, Heartbeat, Message, Shutdown
 
 if TYPE_CHECKING:
     from adrizzle.status.server import StatusServer
@@ -142,6 +144,7 @@ class Engine:
         self._local_args: list[str] = []
         self._started = False
         self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def local(
@@ -198,6 +201,8 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
         for run in list(self._runs):
             run._fail(AdrizzleError("the engine was closed"))
         try:
@@ -439,9 +444,72 @@ class Engine:
     def _on_message(self, worker: WorkerHandle, msg: Message, payload: bytes) -> None:
         if type(msg) is Heartbeat:
             return
+        if type(msg) is Draining:
+            self._start_drain(worker)
+            return
         run = self._routes.get(msg.group)  # type: ignore[attr-defined]
         if run is not None:
             run.on_message(worker, msg, payload)
+
+    # -- elasticity ----------------------------------------------------------------------
+
+    async def add_workers(self, n: int, timeout: float | None = None) -> list[str]:
+        """Start ``n`` more local workers (``Engine.local`` only) and wait until they joined.
+        Runs in progress place groups on them from their next group on."""
+        if self._local is None or self._local_spec is None:
+            raise AdrizzleError("add_workers() needs an Engine.local(...) cluster")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        names = self._local.spawn(n, self._local_spec[1], self._local_args)
+        local = self._local
+
+        def check() -> None:
+            dead = [d for d in local.check_alive() if d.split(" ")[0] in names]
+            if dead:
+                raise NoWorkersError(f"new local workers exited during start-up: {dead}")
+
+        deadline = time.monotonic() + (timeout or self.worker_timeout)
+        while not all(name in self._cluster.workers for name in names):
+            check()
+            if time.monotonic() > deadline:
+                raise NoWorkersError(f"workers {names} did not join within the timeout")
+            await asyncio.sleep(0.02)
+        return names
+
+    async def remove_worker(self, worker_id: str, timeout: float = 30.0) -> None:
+        """Drain ``worker_id`` and let it go: no new groups go to it, its groups in flight
+        finish, then it is shut down (a local worker process is reaped)."""
+        handle = self._cluster.workers.get(worker_id)
+        if handle is None:
+            raise ValueError(f"no connected worker {worker_id!r}")
+        self._start_drain(handle)
+        deadline = time.monotonic() + timeout
+        while worker_id in self._cluster.workers:
+            if time.monotonic() > deadline:
+                handle.channel.abort(TimeoutError(f"worker {worker_id} did not drain in time"))
+                break
+            await asyncio.sleep(0.01)
+        if self._local is not None:
+            await self._local.reap(worker_id, timeout=5.0)
+
+    def _start_drain(self, worker: WorkerHandle) -> None:
+        if worker.state != "running":
+            return
+        worker.state = "draining"
+        log.info("worker %s is draining", worker.id)
+        for run in list(self._runs):
+            run.place_on_live_workers()
+        task = asyncio.ensure_future(self._finish_drain(worker))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finish_drain(self, worker: WorkerHandle) -> None:
+        # Polled: groups are acknowledged on the loop, a few ms apart at most.
+        while worker.channel.is_open:
+            if not any(run.uses_worker(worker.id) for run in self._runs):
+                worker.channel.send(Shutdown())
+                return
+            await asyncio.sleep(0.005)
 
     def _on_joined(self, worker: WorkerHandle) -> None:
         self._blocks.add_worker(worker.id)

@@ -21,6 +21,7 @@ from adrizzle.wire.connection import Connection
 from adrizzle.wire.messages import (
     PROTOCOL_VERSION,
     BatchResult,
+    Draining,
     GroupDone,
     GroupFailed,
     Heartbeat,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("adrizzle.driver")
 
-WORKER_MESSAGES = (BatchResult, GroupDone, GroupFailed, Heartbeat)
+WORKER_MESSAGES = (BatchResult, GroupDone, GroupFailed, Draining, Heartbeat)
 
 
 @dataclasses.dataclass(slots=True)

@@ -276,7 +276,11 @@ class RunExecution:
 
     def place_on_live_workers(self, exclude: str | None = None) -> None:
         handles = sorted(
-            (h for h in self._workers.values() if h.id != exclude and h.channel.is_open),
+            (
+                h
+                for h in self._workers.values()
+                if h.id != exclude and h.channel.is_open and h.state == "running"
+            ),
             key=lambda h: h.id,
         )
         slots = interleave_slots((h.id, h.cores) for h in handles)
@@ -297,6 +301,14 @@ class RunExecution:
             self._starved = asyncio.get_running_loop().call_later(
                 self._no_workers_timeout, self._no_workers
             )
+
+    def uses_worker(self, worker: str) -> bool:
+        """Whether a group in flight has work on ``worker`` (a draining worker waits)."""
+        return any(
+            share.worker == worker
+            for state in self.sched.in_flight.values()
+            for share in state.plan.shares
+        )
 
     def _no_workers(self) -> None:
         self._starved = None

@@ -81,6 +81,21 @@ class LocalWorkers:
         finally:
             self.kill_all()
 
+    async def reap(self, name: str, timeout: float) -> None:
+        """Wait for one worker to exit (SIGKILL after ``timeout`` s) and forget it."""
+        proc = self.processes.get(name)
+        if proc is None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            proc.kill()
+            proc.wait(timeout=5)
+        del self.processes[name]
+
     def kill_all(self) -> None:
         """Synchronous last resort (also used from ``atexit``): SIGKILL and reap everything."""
         self._signal_all(signal.SIGKILL)

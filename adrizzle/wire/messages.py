@@ -205,6 +205,15 @@ class RunTasks(Message):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Draining(Message):
+    """Worker to driver: I am leaving (SIGTERM). The driver places no new groups on it and
+    sends ``shutdown`` once its groups in flight are done."""
+
+    TAG: ClassVar[str] = "draining"
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class CancelGroups(Message):
     """Driver to workers (and worker to its slots): drop these groups. Sent after a worker was
     lost; the groups' unfinished jobs are re-run as new groups, so anything still arriving for
@@ -306,6 +315,7 @@ _register(
     SlotDone,
     GroupFailed,
     CancelGroups,
+    Draining,
 )
 
 HANDSHAKE_TYPES: frozenset[type[Message]] = frozenset({Hello, Auth, Error})

@@ -30,6 +30,7 @@ from adrizzle.wire.messages import (
     BatchResult,
     CancelGroups,
     ClusterView,
+    Draining,
     FetchBlocks,
     GroupDone,
     GroupFailed,
@@ -93,9 +94,12 @@ class WorkerRuntime:
         shuffle_timeout: float = 60.0,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 5.0,
+        drain_timeout: float = 30.0,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
+        self.drain_timeout = drain_timeout
+        self._draining = False
         self._driver_seen = time.monotonic()
         self.host, self.port = host, port
         self.token = token
@@ -125,8 +129,8 @@ class WorkerRuntime:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._request_stop, f"received {signal.Signals(sig).name}")
+        loop.add_signal_handler(signal.SIGTERM, self._drain)
+        loop.add_signal_handler(signal.SIGINT, self._request_stop, "received SIGINT")
         try:
             await self.pool.start(
                 self.cores,
@@ -178,6 +182,20 @@ class WorkerRuntime:
             channel = self.channel
             if channel is not None and channel.is_open:
                 channel.send(Heartbeat())
+
+    def _drain(self) -> None:
+        """SIGTERM: tell the driver we are leaving and exit when it says so (it finishes our
+        groups first); a second SIGTERM, no driver, or ``drain_timeout`` s: exit now."""
+        channel = self.channel
+        if self._draining or channel is None or not channel.is_open:
+            self._request_stop("received SIGTERM")
+            return
+        self._draining = True
+        log.info("received SIGTERM: draining (finishing groups in flight before exiting)")
+        channel.send(Draining(reason="received SIGTERM"))
+        asyncio.get_running_loop().call_later(
+            self.drain_timeout, self._request_stop, "drain timed out"
+        )
 
     def _request_stop(self, reason: str, code: int = 0) -> None:
         if self._stop is not None and not self._stop.done():

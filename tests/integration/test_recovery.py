@@ -157,3 +157,51 @@ async def test_stopped_worker_is_declared_lost_by_heartbeat_timeout() -> None:
                 break
             await asyncio.sleep(0.05)
         assert any(stopped["id"] in s for s in engine._local.check_alive())  # type: ignore[union-attr]
+
+
+# -- elasticity ------------------------------------------------------------------------------
+
+
+async def test_a_worker_added_mid_run_takes_partitions_at_the_next_group() -> None:
+    async with adrizzle.Engine.local(workers=1, cores=1) as engine:
+        n = 150
+        run = asyncio.ensure_future(engine.run_jobs(jobs_single(engine, n), sum, group_size=3))
+        await asyncio.sleep(0.1)
+        (name,) = await engine.add_workers(1)
+        results = await asyncio.wait_for(run, 60)
+        assert results == [expected_single(b) for b in range(n)]
+        new = next(w for w in engine.workers if w["id"] == name)
+        assert new["tasks_done"] > 0  # it joined the run, not just the cluster
+        assert engine.statistics()["recoveries"] == 0
+
+
+async def test_remove_worker_drains_without_recomputing() -> None:
+    async with adrizzle.Engine.local(workers=3, cores=1) as engine:
+        n = 100
+        leaving = engine.workers[1]
+        run = asyncio.ensure_future(engine.run_jobs(jobs_single(engine, n), sum, group_size=4))
+        await asyncio.sleep(0.1)
+        await engine.remove_worker(leaving["id"])
+        assert leaving["id"] not in {w["id"] for w in engine.workers}
+        results = await asyncio.wait_for(run, 60)
+        assert results == [expected_single(b) for b in range(n)]
+        stats = engine.statistics()
+        assert stats["recoveries"] == 0  # handed back at a group boundary, nothing lost
+
+
+async def test_sigterm_makes_a_worker_drain_then_exit_cleanly() -> None:
+    async with adrizzle.Engine.local(workers=3, cores=1) as engine:
+        n = 100
+        leaving = engine.workers[0]
+        run = asyncio.ensure_future(engine.run_jobs(jobs_single(engine, n), sum, group_size=4))
+        await asyncio.sleep(0.1)
+        os.kill(leaving["pid"], signal.SIGTERM)
+        results = await asyncio.wait_for(run, 60)
+        assert results == [expected_single(b) for b in range(n)]
+        assert engine.statistics()["recoveries"] == 0
+        proc = engine._local.processes[leaving["id"]]  # type: ignore[union-attr]
+        for _ in range(200):
+            if proc.poll() is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert proc.returncode == 0

@@ -19,6 +19,7 @@ from adrizzle.wire.messages import (
     BatchResult,
     CancelGroups,
     ClusterView,
+    Draining,
     Error,
     FetchBlocks,
     GroupDone,
@@ -83,6 +84,7 @@ SAMPLES: list[Message] = [
     FetchBlocks(group=3, first_job=0, last_job=10, shuffles=[0], worker="w1"),
     GroupFailed(group=3, worker="w1", slot=0, reason="cannot load: ModuleNotFoundError"),
     CancelGroups(groups=[3, 4]),
+    Draining(reason="received SIGTERM"),
     SlotDone(group=3, tasks=8, failed=0, busy_us=777, pushed_blocks=2, pushed_bytes=500),
 ]
 
