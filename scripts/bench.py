@@ -2,6 +2,7 @@
 
     python scripts/bench.py single-stage [--batches 200] [--repeats 3] [--quick] [--json]
     python scripts/bench.py shuffle      [--batches 200] [--repeats 3] [--quick] [--json]
+    python scripts/bench.py recovery     [--quick] [--json]
 
 Sub-commands are added as the engine grows (shuffle, streaming, recovery, scaling, peers, all).
 Results are printed as a markdown table and written under bench-results/.
@@ -259,7 +260,13 @@ async def bench_shuffle(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-BENCHES = {"single-stage": bench_single_stage, "shuffle": bench_shuffle}
+from bench_recovery import bench_recovery  # noqa: E402
+
+BENCHES = {
+    "single-stage": bench_single_stage,
+    "shuffle": bench_shuffle,
+    "recovery": bench_recovery,
+}
 
 
 def main() -> None:
