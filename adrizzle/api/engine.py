@@ -98,6 +98,7 @@ class Engine:
         status: str | None = None,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 5.0,
+        stall_timeout: float | None = 60.0,
     ) -> None:
         host, port = parse_address(listen, 7077)
         resolved = auth.resolve_token(token, token_file)
@@ -116,6 +117,9 @@ class Engine:
         # unsent one into one result frame: each result waits at most this long, and a group of
         # many tiny batches costs a few frames instead of one per batch.
         self.result_linger = result_linger
+        # A run with groups in flight but no frame for this long re-runs them (a frame was
+        # lost while its connection stayed up). Must exceed the longest single task.
+        self.stall_timeout = stall_timeout
         self._host, self._port = host, port
         self._next_node = itertools.count()
         self._group_ids = itertools.count()
@@ -393,6 +397,7 @@ class Engine:
             pre_schedule=pre_schedule,
             stage_partitions=[s.partitions for s in stages],
             no_workers_timeout=self.worker_timeout,
+            stall_timeout=self.stall_timeout,
         )
         self._runs.add(run)
         try:

@@ -15,6 +15,7 @@ acknowledged, map outputs are held where they were made, and reducers fetch them
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 import time
 from collections import deque
@@ -50,6 +51,9 @@ if TYPE_CHECKING:
     from adrizzle.driver.scheduler import GroupPlan, JobOutcome, RunScheduler, SlotRef
 
 
+log = logging.getLogger("adrizzle.driver")
+
+
 def serialize_programs(programs: list[JobProgram], first_job: int) -> bytes:
     try:
         return bytes(cloudpickle.dumps(programs))
@@ -83,6 +87,7 @@ class RunExecution:
         pre_schedule: bool = True,
         stage_partitions: list[int] | None = None,
         no_workers_timeout: float = 30.0,
+        stall_timeout: float | None = 60.0,
     ) -> None:
         self.sched = scheduler
         self.programs = programs
@@ -96,6 +101,9 @@ class RunExecution:
         self._stage_partitions = stage_partitions or []
         self._no_workers_timeout = no_workers_timeout
         self._starved: asyncio.TimerHandle | None = None
+        self._stall_timeout = stall_timeout
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._progress_at = time.perf_counter()
         self._placement: tuple[int, list[str], list[int], dict[tuple[str, int], int]] = (
             -1,
             [],
@@ -119,6 +127,47 @@ class RunExecution:
         distinct = list({id(p): p for p in self.programs}.values())
         serialize_programs(distinct, 0)
         self._launch_more()
+        if self._stall_timeout:
+            self._stall_timer = asyncio.get_running_loop().call_later(
+                self._stall_timeout / 4, self._check_stall
+            )
+
+    def _check_stall(self) -> None:
+        """Groups in flight but no frame for ``stall_timeout`` s: a frame was lost while its
+        connection stayed up. Retire what is done, re-run the rest (never wait forever)."""
+        self._stall_timer = None
+        if self._closed or self._failure is not None or self.sched.finished:
+            return
+        assert self._stall_timeout is not None
+        silent = time.perf_counter() - self._progress_at
+        if (self.sched.in_flight or self.sched.incomplete) and silent > self._stall_timeout:
+            in_flight = sorted(self.sched.in_flight)
+            aborted = self.sched.recover_stalled()
+            log.warning(
+                "no progress for %.1f s (groups in flight: %s): re-running jobs %s",
+                silent,
+                in_flight or "none",
+                self.sched.redo[:10],
+            )
+            self._abandon(aborted)
+            if not aborted:
+                self._metrics.recoveries += 1
+            self._progress_at = time.perf_counter()
+            self._launch_more()
+        self._stall_timer = asyncio.get_running_loop().call_later(
+            self._stall_timeout / 4, self._check_stall
+        )
+
+    def _abandon(self, aborted: list[GroupPlan], lost: str | None = None) -> None:
+        """Forget aborted groups here and on the workers (their late frames are ignored)."""
+        for plan in aborted:
+            self._routes.pop(plan.group, None)
+        if aborted:
+            self._metrics.recoveries += 1
+            cancel = CancelGroups(groups=sorted(p.group for p in aborted))
+            for handle in self._workers.values():
+                if handle.id != lost and handle.channel.is_open:
+                    handle.channel.send(cancel)
 
     def _launch_more(self) -> None:
         if self._failure is not None or self._closed:
@@ -213,7 +262,7 @@ class RunExecution:
     # -- stimuli from the cluster --------------------------------------------------------
 
     def on_message(self, worker: WorkerHandle, msg: Message, payload: bytes) -> None:
-        t0 = time.perf_counter()
+        t0 = self._progress_at = time.perf_counter()
         if type(msg) is BatchResult and not self._closed:
             try:
                 batches = pickle.loads(payload)
@@ -256,15 +305,7 @@ class RunExecution:
         re-shipped from the driver, cached partitions and shuffle outputs recomputed)."""
         if self._failure is not None or self.sched.finished:
             return
-        aborted = self.sched.recover(worker.id)
-        for plan in aborted:
-            self._routes.pop(plan.group, None)
-        if aborted:
-            self._metrics.recoveries += 1
-            cancel = CancelGroups(groups=sorted(p.group for p in aborted))
-            for handle in self._workers.values():
-                if handle.id != worker.id and handle.channel.is_open:
-                    handle.channel.send(cancel)
+        self._abandon(self.sched.recover(worker.id), lost=worker.id)
         self.place_on_live_workers(exclude=worker.id)
         self._launch_more()
 
@@ -341,6 +382,9 @@ class RunExecution:
         """Stop launching (the caller stopped iterating). Groups in flight keep their routes
         until acknowledged, so the acks are still counted."""
         self._closed = True
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self._starved is not None:
             self._starved.cancel()
             self._starved = None

@@ -251,18 +251,52 @@ class RunScheduler:
         finished jobs stay done. Returns the aborted plans (their late frames must be
         ignored, and the survivors told to drop them).
         """
-        aborted = [
-            st.plan
-            for st in self.in_flight.values()
-            if any(share.worker == worker for share in st.plan.shares)
-        ]
+        return self._abort(
+            [
+                st.plan
+                for st in self.in_flight.values()
+                if any(share.worker == worker for share in st.plan.shares)
+            ]
+        )
+
+    def recover_stalled(self) -> list[GroupPlan]:
+        """No frame for any group in flight for too long (a frame lost without the connection
+        failing): groups whose jobs all finished are retired (only acks were missing); the
+        others are aborted and their unfinished jobs re-run, as after a loss."""
+        aborted = []
+        covered: set[int] = set()
+        for group, st in list(self.in_flight.items()):
+            if all(job not in self._remaining for job in st.plan.jobs):
+                del self.in_flight[group]
+            else:
+                aborted.append(st.plan)
+                covered.update(st.plan.jobs)
+        # Jobs of groups that were acknowledged although a result frame never came.
+        orphans = [job for job in self._remaining if job not in covered]
+        for job in orphans:
+            self._reset(job)
+        result = self._abort(aborted)
+        if orphans:
+            self.redo = sorted({*self.redo, *orphans})
+            self._regrow = 1
+        return result
+
+    @property
+    def incomplete(self) -> bool:
+        """Some launched job still lacks results."""
+        return bool(self._remaining)
+
+    def _reset(self, job: int) -> None:
+        self._values.pop(job, None)
+        self._remaining.pop(job, None)
+        self._errors.pop(job, None)
+
+    def _abort(self, aborted: list[GroupPlan]) -> list[GroupPlan]:
         for plan in aborted:
             del self.in_flight[plan.group]
             for job in plan.jobs:
                 if job in self._remaining:  # not finished: forget this attempt's values
-                    self._values.pop(job, None)
-                    self._remaining.pop(job, None)
-                    self._errors.pop(job, None)
+                    self._reset(job)
                     self.redo.append(job)
         if aborted:
             self.redo.sort()
