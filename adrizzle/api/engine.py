@@ -29,7 +29,14 @@ from adrizzle.errors import AdrizzleError, NoWorkersError, TaskError
 from adrizzle.wire import auth
 from adrizzle.wire.channel import FrameCounter
 from adrizzle.wire.framing import FrameLimits
-from adrizzle.wire.messages import ClusterView, Draining, Heartbeat, Message, Shutdown
+from adrizzle.wire.messages import (
+    ClusterView,
+    Draining,
+    Heartbeat,
+    Message,
+    PeerLost,
+    Shutdown,
+)
 
 if TYPE_CHECKING:
     from adrizzle.status.server import StatusServer
@@ -451,6 +458,10 @@ class Engine:
             return
         if type(msg) is Draining:
             self._start_drain(worker)
+            return
+        if type(msg) is PeerLost:
+            for active in list(self._runs):
+                active.on_link_lost(worker.id, msg.peer)
             return
         run = self._routes.get(msg.group)  # type: ignore[attr-defined]
         if run is not None:

@@ -27,6 +27,7 @@ from adrizzle.wire.messages import (
     Heartbeat,
     Hello,
     Message,
+    PeerLost,
     Shutdown,
 )
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("adrizzle.driver")
 
-WORKER_MESSAGES = (BatchResult, GroupDone, GroupFailed, Draining, Heartbeat)
+WORKER_MESSAGES = (BatchResult, GroupDone, GroupFailed, Draining, PeerLost, Heartbeat)
 
 
 @dataclasses.dataclass(slots=True)

@@ -309,6 +309,22 @@ class RunExecution:
         self.place_on_live_workers(exclude=worker.id)
         self._launch_more()
 
+    def on_link_lost(self, worker: str, peer: str) -> None:
+        """The data link between two workers broke: map outputs between them may be lost, so
+        re-run the groups that placed work on both (the workers themselves stay)."""
+        if self._failure is not None or self.sched.finished:
+            return
+        aborted = self.sched.recover_link(worker, peer)
+        if aborted:
+            log.warning(
+                "data link %s <-> %s lost: re-running groups %s",
+                worker,
+                peer,
+                [p.group for p in aborted],
+            )
+        self._abandon(aborted)
+        self._launch_more()
+
     def on_worker_joined(self, worker: WorkerHandle) -> None:
         """Elasticity: groups planned from now on spread over the new worker too."""
         if self._failure is None and not self.sched.finished:

@@ -259,6 +259,17 @@ class RunScheduler:
             ]
         )
 
+    def recover_link(self, a: str, b: str) -> list[GroupPlan]:
+        """The data link between workers ``a`` and ``b`` broke: abort the groups in flight
+        that placed work on both."""
+        return self._abort(
+            [
+                st.plan
+                for st in self.in_flight.values()
+                if {a, b} <= {share.worker for share in st.plan.shares}
+            ]
+        )
+
     def recover_stalled(self) -> list[GroupPlan]:
         """No frame for any group in flight for too long (a frame lost without the connection
         failing): groups whose jobs all finished are retired (only acks were missing); the

@@ -214,6 +214,16 @@ class Draining(Message):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PeerLost(Message):
+    """Worker to driver: my data-port link to ``peer`` broke (or could not be made), so map
+    outputs between us may be lost. The driver re-runs the groups that involve us both."""
+
+    TAG: ClassVar[str] = "peer_lost"
+    peer: str
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class CancelGroups(Message):
     """Driver to workers (and worker to its slots): drop these groups. Sent after a worker was
     lost; the groups' unfinished jobs are re-run as new groups, so anything still arriving for
@@ -316,6 +326,7 @@ _register(
     GroupFailed,
     CancelGroups,
     Draining,
+    PeerLost,
 )
 
 HANDSHAKE_TYPES: frozenset[type[Message]] = frozenset({Hello, Auth, Error})

@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         "address that reaches the driver, loopback for a loopback driver; a free port)",
     )
     p.add_argument(
+        "--data-advertise",
+        default=None,
+        metavar="HOST:PORT",
+        help="the data address other workers should dial, when it differs from --data-listen "
+        "(NAT, containers, a proxy)",
+    )
+    p.add_argument(
         "--shuffle-timeout",
         type=float,
         default=60.0,
@@ -133,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         shuffle_timeout=args.shuffle_timeout,
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
+        data_advertise=args.data_advertise,
     )
     try:
         import uvloop

@@ -36,7 +36,10 @@ class PeerLinks:
         limits: FrameLimits,
         on_message: OnData,
         handshake_timeout: float = 10.0,
+        on_link_lost: Callable[[str, str], None] | None = None,
     ) -> None:
+        self._on_link_lost = on_link_lost
+        self._closing = False
         self._name = name
         self._token = token
         self._limits = limits
@@ -107,12 +110,14 @@ class PeerLinks:
             dropped = len(self._pending.pop(worker, []))
             log.warning(
                 "cannot reach worker %s's data port %s: %s (%d block frames dropped; "
-                "their reducers will time out)",
+                "the driver re-runs the groups involved)",
                 worker,
                 address or "?",
                 exc,
                 dropped,
             )
+            if self._on_link_lost is not None:
+                self._on_link_lost(worker, f"cannot reach its data port: {exc}")
             return
         self._links[worker] = channel
         for msg, payload in self._pending.pop(worker, []):
@@ -120,11 +125,18 @@ class PeerLinks:
 
     def _closed(self, channel: Channel, exc: BaseException | None) -> None:
         self._accepted.discard(channel)
+        peer = channel.peer.id if channel.peer is not None else None
         for worker, link in list(self._links.items()):
             if link is channel:
                 del self._links[worker]
+        # An authenticated link that breaks while we run may have eaten map outputs in
+        # either direction: say so (the driver re-runs what involved that peer).
+        if peer is not None and not self._closing and self._on_link_lost is not None:
+            if not channel.closed_by_us:
+                self._on_link_lost(peer, f"data link closed: {exc}")
 
     async def close(self) -> None:
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         for channel in [*self._links.values(), *self._accepted]:

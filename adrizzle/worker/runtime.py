@@ -39,6 +39,7 @@ from adrizzle.wire.messages import (
     LaunchGroup,
     MapOutputReady,
     Message,
+    PeerLost,
     RunTasks,
     Shutdown,
     SlotDone,
@@ -95,6 +96,7 @@ class WorkerRuntime:
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 5.0,
         drain_timeout: float = 30.0,
+        data_advertise: str | None = None,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -112,8 +114,13 @@ class WorkerRuntime:
         self.shuffle_timeout = shuffle_timeout
         self.pool = SlotPool(self._on_slot_message, self._on_slot_lost)
         self.peers = PeerLinks(
-            name=name, token=token, limits=self.limits, on_message=self._on_data_message
+            name=name,
+            token=token,
+            limits=self.limits,
+            on_message=self._on_data_message,
+            on_link_lost=self._on_link_lost,
         )
+        self.data_advertise = data_advertise
         # BSP mode: map outputs kept here until fetched, by (job, shuffle stage, reducer worker).
         # Keyed by (group, job, shuffle stage, reducer worker).
         self._held: dict[tuple[int, int, int, str], list[tuple[MapOutputReady, bytes]]] = {}
@@ -212,7 +219,7 @@ class WorkerRuntime:
             nonce=auth.new_nonce(),
             cores=self.cores,
             pid=os.getpid(),
-            data_address=self.peers.address,
+            data_address=self.data_advertise or self.peers.address,
         )
         conn = Connection(
             client=True,
@@ -340,6 +347,12 @@ class WorkerRuntime:
                 key = (fetch.group, job, shuffle, fetch.worker)
                 for msg, payload in self._held.pop(key, []):
                     send(dataclasses.replace(msg, hold=0), payload)
+
+    def _on_link_lost(self, peer: str, reason: str) -> None:
+        log.warning("data link to worker %s lost: %s", peer, reason)
+        channel = self.channel
+        if channel is not None and channel.is_open:
+            channel.send(PeerLost(peer=peer, reason=reason))
 
     def _on_data_message(self, channel: Channel, msg: Message, payload: bytes) -> None:
         if type(msg) is MapOutputReady:

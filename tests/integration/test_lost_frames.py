@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import subprocess
 from collections.abc import AsyncIterator
 
@@ -129,3 +130,106 @@ async def test_a_lost_frame_is_recovered_by_the_stall_timeout(tag: str, to: str)
         # The cluster is healthy afterwards: both workers still serve at full speed.
         assert await engine.run_jobs([data] * 10, sum, group_size=5, timeout=30) == [EXPECTED] * 10
         assert len(engine.workers) == 2
+
+
+class DataLinkCutter:
+    """Forwards connections to a worker's data port; after ``after`` map outputs have passed
+    on a connection it forwards half of the next frame and cuts both sides (once)."""
+
+    def __init__(self, target_port: int, after: int) -> None:
+        self.target_port, self.after = target_port, after
+        self.cut = False
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        t_reader, t_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def back() -> None:  # target -> client: handshake replies
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                while data := await t_reader.read(65536):
+                    c_writer.write(data)
+                    await c_writer.drain()
+
+        back_task = asyncio.ensure_future(back())
+        passed = 0
+        try:
+            while True:
+                header = await c_reader.readexactly(HEADER_SIZE)
+                meta_len, payload_len = HEADER.unpack(header)
+                body = await c_reader.readexactly(meta_len + payload_len)
+                frame = header + body
+                if orjson.loads(body[:meta_len]).get("t") == "map_output_ready":
+                    if passed == self.after and not self.cut:
+                        self.cut = True
+                        t_writer.write(frame[: len(frame) // 2])
+                        await t_writer.drain()
+                        break
+                    passed += 1
+                t_writer.write(frame)
+                await t_writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            back_task.cancel()
+            for w in (c_writer, t_writer):
+                w.transport.abort()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_data_link_cut_mid_push_is_recovered() -> None:
+    engine = adrizzle.Engine(listen="127.0.0.1:0", token=TOKEN)
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {**os.environ, "ADRIZZLE_AUTH_TOKEN": TOKEN}
+    async with engine:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            data_port = s.getsockname()[1]
+        cutter = DataLinkCutter(data_port, after=5)
+        await cutter.start()
+        try:
+            for name, extra in (
+                ("a", []),
+                (
+                    "b",
+                    [
+                        "--data-listen",
+                        f"127.0.0.1:{data_port}",
+                        "--data-advertise",
+                        f"127.0.0.1:{cutter.port}",
+                    ],
+                ),
+            ):
+                procs.append(
+                    subprocess.Popen(  # noqa: ASYNC220 - fork+exec only, no waiting
+                        [*worker_command(), engine.address, "--name", name, *extra],
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                    )
+                )
+            await engine.wait_for_workers(2, timeout=30)
+            data = engine.parallelize(range(400), partitions=4).cache()
+            counts = data.map(lambda x: (x % 5, 1)).reduce_by_key(lambda a, b: a + b, 2)
+            results = await engine.run_jobs([counts] * 40, sorted, group_size=4, timeout=60)
+            expected = [(k, 80) for k in range(5)]
+            for per_partition in results:
+                assert sorted(kv for part in per_partition for kv in part) == expected
+            assert cutter.cut
+            assert engine.statistics()["recoveries"] >= 1
+        finally:
+            await cutter.close()
+            for proc in procs:
+                proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

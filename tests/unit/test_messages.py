@@ -29,6 +29,7 @@ from adrizzle.wire.messages import (
     LaunchGroup,
     MapOutputReady,
     Message,
+    PeerLost,
     RunTasks,
     Shutdown,
     SlotDone,
@@ -85,6 +86,7 @@ SAMPLES: list[Message] = [
     GroupFailed(group=3, worker="w1", slot=0, reason="cannot load: ModuleNotFoundError"),
     CancelGroups(groups=[3, 4]),
     Draining(reason="received SIGTERM"),
+    PeerLost(peer="w2", reason="data link closed"),
     SlotDone(group=3, tasks=8, failed=0, busy_us=777, pushed_blocks=2, pushed_bytes=500),
 ]
 
