@@ -24,7 +24,7 @@ TAG = "ADRIZZLE_TEST_EXAMPLE_TAG"
 
 # Each run starts a cluster (about a second on a busy 2-core machine): a few examples each.
 few = settings(
-    max_examples=6,
+    max_examples=5,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
@@ -211,7 +211,7 @@ def test_interrupted_running_sum_stops_its_workers() -> None:
     """Ctrl-C in the middle of a long run: the example exits 130 and its workers are gone."""
     tag = uuid.uuid4().hex
     proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "running_sum.py"), "20000", "1"],
+        [sys.executable, str(EXAMPLES / "running_sum.py"), "10000", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
