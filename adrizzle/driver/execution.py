@@ -30,7 +30,6 @@ from adrizzle.errors import (
     NoWorkersError,
     RunTimeoutError,
     SerializationError,
-    WorkerLostError,
 )
 from adrizzle.wire.messages import (
     BatchResult,
@@ -123,9 +122,12 @@ class RunExecution:
     # -- control -------------------------------------------------------------------------
 
     def start(self) -> None:
-        # Refuse unpicklable functions before anything is sent (each distinct program once).
-        distinct = list({id(p): p for p in self.programs}.values())
-        serialize_programs(distinct, 0)
+        # Refuse an unpicklable function before anything is sent. Only the first program is
+        # checked here (checking all would cost O(jobs) before the first launch); every
+        # group's programs are pickled before its launch, and a failure there fails the run
+        # before that group is sent.
+        if self.programs:
+            serialize_programs(self.programs[:1], 0)
         self._launch_more()
         if self._stall_timeout:
             self._stall_timer = asyncio.get_running_loop().call_later(
@@ -210,7 +212,11 @@ class RunExecution:
         stages = self._waves[plan.wave]
         if self._group_blob[0] != plan.group:  # a BSP group re-uses its blob for every wave
             programs = self.programs[plan.first_job : plan.last_job]
-            self._group_blob = (plan.group, serialize_programs(programs, plan.first_job))
+            try:
+                self._group_blob = (plan.group, serialize_programs(programs, plan.first_job))
+            except SerializationError as exc:  # a later job's function: fail the run
+                self._fail(exc)
+                return
         blob = self._group_blob[1]
         fetch = (
             sorted(
@@ -228,9 +234,10 @@ class RunExecution:
         placement_workers, placement_slots, slot_index = self._placement_of(plan)
         for share in plan.shares:
             handle = self._workers.get(share.worker)
-            if handle is None:
-                self._fail(WorkerLostError(f"worker {share.worker} is gone"))
-                return
+            if handle is None or not handle.channel.is_open:
+                # Its connection is going (the loss callback follows and re-runs this group
+                # with the other groups that had work there); send the rest as usual.
+                continue
             data = [
                 self._blocks.missing_blocks(
                     share.worker,
@@ -355,6 +362,11 @@ class RunExecution:
                 self._starved.cancel()
                 self._starved = None
         elif self._starved is None and partitions:
+            log.warning(
+                "no worker to place groups on (connected: %s); waiting up to %g s for one",
+                {h.id: (h.state, h.channel.describe()) for h in self._workers.values()} or "none",
+                self._no_workers_timeout,
+            )
             self._starved = asyncio.get_running_loop().call_later(
                 self._no_workers_timeout, self._no_workers
             )

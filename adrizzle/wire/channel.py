@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from adrizzle.errors import ProtocolError, RemoteProtocolError
 from adrizzle.wire.connection import Authenticated, Connection, State
+
+log = logging.getLogger("adrizzle.wire")
 
 if TYPE_CHECKING:
     from adrizzle.wire.messages import Hello, Message
@@ -135,6 +138,10 @@ class Channel(asyncio.Protocol):
             except ProtocolError as exc:
                 self._abort(exc)
                 return
+            except Exception:
+                # A bug in a handler, not this peer's fault: closing this connection would
+                # turn it into a lost worker. Say so loudly and keep the connection.
+                log.exception("%s: handling %s failed", self.name, msg.TAG)
             if self._transport is None or self._transport.is_closing():
                 return
 
@@ -175,6 +182,12 @@ class Channel(asyncio.Protocol):
         self._drain_waiters.clear()
 
     # -- our side ------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        """Connection state for diagnostics: protocol state, transport, close reason."""
+        t = self._transport
+        transport = "none" if t is None else ("closing" if t.is_closing() else "open")
+        return f"{self.conn.state.value}/{transport}/{self.close_reason!r}"
 
     @property
     def is_open(self) -> bool:
