@@ -106,6 +106,7 @@ class Engine:
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 5.0,
         stall_timeout: float | None = 60.0,
+        no_workers_timeout: float = 30.0,
     ) -> None:
         host, port = parse_address(listen, 7077)
         resolved = auth.resolve_token(token, token_file)
@@ -127,6 +128,8 @@ class Engine:
         # A run with groups in flight but no frame for this long re-runs them (a frame was
         # lost while its connection stayed up). Must exceed the longest single task.
         self.stall_timeout = stall_timeout
+        # A run that lost every worker waits this long for one to join before failing.
+        self.no_workers_timeout = no_workers_timeout
         self._host, self._port = host, port
         self._next_node = itertools.count()
         self._group_ids = itertools.count()
@@ -403,7 +406,7 @@ class Engine:
             linger_us=int(self.result_linger * 1e6),
             pre_schedule=pre_schedule,
             stage_partitions=[s.partitions for s in stages],
-            no_workers_timeout=self.worker_timeout,
+            no_workers_timeout=self.no_workers_timeout,
             stall_timeout=self.stall_timeout,
         )
         self._runs.add(run)

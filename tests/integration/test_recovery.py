@@ -107,7 +107,7 @@ async def test_two_workers_lost_one_after_another() -> None:
 
 
 async def test_every_worker_lost_fails_after_the_wait_for_workers() -> None:
-    async with adrizzle.Engine.local(workers=2, cores=1, worker_timeout=1.5) as engine:
+    async with adrizzle.Engine.local(workers=2, cores=1, no_workers_timeout=1.5) as engine:
         run = asyncio.ensure_future(engine.run_jobs(jobs_single(engine, 500), sum, group_size=5))
         await asyncio.sleep(0.1)
         for w in engine.workers:
