@@ -414,13 +414,13 @@ def draw(
         if workload == "single-stage":
             lines["hand-written floor"] = dict(floor)
         flat = []
-        one = adz[workload][ONE_BY_ONE]
-        if one is not None:
-            flat.append((f"adrizzle {ONE_BY_ONE}", one["mean"]))
         for r in peers:
             if r.get("status") == "ok":
                 for m in pe.MODES:
-                    flat.append((f"{PEER_LABELS[r['engine']]} {m}", _peer(r, workload, m)["mean"]))
+                    flat.append((PEER_LABELS[r["engine"]], m, _peer(r, workload, m)["mean"]))
+        one = adz[workload][ONE_BY_ONE]
+        if one is not None:
+            flat.append(("adrizzle", ONE_BY_ONE, one["mean"]))
         path = bench_report.plot_vs_group_size(
             cfg["results_dir"] / f"peers-{workload}.png",
             f"{workload}: ms per micro-batch, 2 workers x 1 core (peers: horizontal lines)",

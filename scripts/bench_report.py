@@ -124,11 +124,12 @@ def plot_vs_group_size(
     path: Path,
     title: str,
     lines: Mapping[str, Mapping[int, float]],
-    horizontal: Sequence[tuple[str, float]] = (),
+    horizontal: Sequence[tuple[str, str, float]] = (),
     ylabel: str = "ms per micro-batch (mean)",
 ) -> Path | None:
-    """Log-log plot of y vs group size, one line per series, each ``horizontal`` a flat line
-    (a peer does not group micro-batches). None when matplotlib is missing."""
+    """Log-log plot of y vs group size, one line per series; each ``(engine, mode, y)`` in
+    ``horizontal`` is a flat line (a peer does not group micro-batches), one colour per engine,
+    one line style per mode. None when matplotlib is missing."""
     if not have_matplotlib():
         return None
     import matplotlib
@@ -136,26 +137,29 @@ def plot_vs_group_size(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     for label, points in lines.items():
         if not points:
             continue
         xs = sorted(points)
         ax.plot(xs, [points[x] for x in xs], marker="o", label=label)
-    styles = ["--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1)), (0, (1, 3))]
-    colors = ["tab:red", "tab:purple", "tab:brown", "tab:olive", "tab:cyan", "tab:pink"]
-    for i, (label, y) in enumerate(horizontal):
-        ax.axhline(y, linestyle=styles[i % len(styles)], color=colors[i % len(colors)])
+    palette = ["tab:red", "tab:purple", "tab:brown", "tab:olive", "tab:cyan", "tab:pink"]
+    engines = list(dict.fromkeys(engine for engine, _mode, _y in horizontal))
+    modes = list(dict.fromkeys(mode for _engine, mode, _y in horizontal))
+    for engine, mode, y in horizontal:
+        color = palette[engines.index(engine) % len(palette)]
+        second = modes.index(mode) % 2 == 1
+        ax.axhline(y, linestyle="--" if second else ":", color=color, linewidth=1.4)
         ax.annotate(
-            f"{label} {y:.3g} ms",
-            xy=(1.0, y),
+            f"{engine} {mode}: {y:.3g} ms",
+            xy=(0.0 if second else 1.0, y),
             xycoords=("axes fraction", "data"),
-            xytext=(-4, 2),
+            xytext=(4 if second else -4, 2),
             textcoords="offset points",
-            ha="right",
+            ha="left" if second else "right",
             va="bottom",
             fontsize=7,
-            color=colors[i % len(colors)],
+            color=color,
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -163,7 +167,7 @@ def plot_vs_group_size(
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="lower left", framealpha=0.9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
