@@ -370,6 +370,14 @@ def render(
     ]
     if started:
         lines += ["Cluster start-up (not in the numbers above): " + ", ".join(started) + ".", ""]
+    ran = [
+        f"{PEER_LABELS[r['engine']]} {r['version']} (Python {r['python']})"
+        for r in peers
+        if r.get("status") == "ok"
+    ]
+    if ran:
+        java = cfg.get("java") or "none found"
+        lines += [f"Peer versions: {', '.join(ran)}; Java: {java}.", ""]
     lines += [
         "#### targets (issue 9)",
         "",
@@ -450,12 +458,12 @@ async def bench_peers(args: argparse.Namespace) -> dict[str, Any]:
                 cfg["peer_timeout"],
             )
         )
+    cfg["java"] = bench_report.java_version()
     targets = evaluate_targets(adz, floor, peers)
     plots = draw(cfg, adz, floor, peers)
     lines = render(cfg, adz, floor, peers, targets, plots)
     text = "\n".join(lines) + "\n"
-    versions = {PEER_LABELS[r["engine"]]: r["version"] for r in peers if r.get("status") == "ok"}
-    bench_report.save_section(cfg["results_dir"], "peers", text, versions)
+    bench_report.save_section(cfg["results_dir"], "peers", text)
     return {
         "name": "peers",
         "adrizzle": adz,

@@ -55,8 +55,9 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
-def environment(extra: Mapping[str, str] | None = None) -> list[str]:
-    """Markdown lines: machine, OS, Python, package versions, date."""
+def environment() -> list[str]:
+    """Markdown lines: machine, OS, Python, package versions, date (peers' versions are in
+    the peers section, since they may run under another interpreter)."""
     mem = ""
     try:
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
@@ -64,7 +65,6 @@ def environment(extra: Mapping[str, str] | None = None) -> list[str]:
     except (ValueError, OSError, AttributeError):
         pass
     versions = {name: package_version(name) for name in LOCAL_PACKAGES}
-    versions.update(extra or {})
     return [
         f"- machine: {cpu_model()}, {os.cpu_count()} cores{mem}; "
         f"{platform.system()} {platform.release()}",
@@ -74,9 +74,7 @@ def environment(extra: Mapping[str, str] | None = None) -> list[str]:
     ]
 
 
-def write_results(
-    results_dir: Path, current: Mapping[str, str], extra_versions: Mapping[str, str] | None = None
-) -> Path:
+def write_results(results_dir: Path, current: Mapping[str, str]) -> Path:
     """(Re)write RESULTS.md from ``current`` (name -> markdown) and the other NAME.md files."""
     results_dir.mkdir(parents=True, exist_ok=True)
     sections: dict[str, str] = {}
@@ -94,7 +92,7 @@ def write_results(
         "Reproduce with `python scripts/bench.py all` (peers need `pip install -e '.[bench]'` "
         "and, for PySpark, a Java runtime).",
         "",
-        *environment(extra_versions),
+        *environment(),
         "",
     ]
     for name in names:
@@ -104,13 +102,11 @@ def write_results(
     return path
 
 
-def save_section(
-    results_dir: Path, name: str, text: str, extra_versions: Mapping[str, str] | None = None
-) -> Path:
+def save_section(results_dir: Path, name: str, text: str) -> Path:
     """Write ``NAME.md`` and reassemble RESULTS.md with it; the RESULTS.md path."""
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / f"{name}.md").write_text(text)
-    return write_results(results_dir, {name: text}, extra_versions)
+    return write_results(results_dir, {name: text})
 
 
 # -- plots --------------------------------------------------------------------------------------

@@ -101,6 +101,7 @@ def ray_report(seq: float, at_once: float) -> dict[str, object]:
         "engine": "ray",
         "status": "ok",
         "version": "9.9",
+        "python": "3.13.0",
         "start_s": 1.0,
         "workloads": {
             w: {"one-after-another": summary(seq), "all-at-once": summary(at_once)}
@@ -129,6 +130,11 @@ def test_targets_use_the_fastest_peer_in_the_right_mode() -> None:
     assert floor10["ratio"] == pytest.approx(4.0)
     assert not floor10["met"]
     assert "40x" in bench_peers.headline(targets)
+    cfg = {"batches": 10, "repeats": 1, "peer_batches": 5, "java": "openjdk 17"}
+    text = "\n".join(bench_peers.render(cfg, ADRIZZLE, FLOOR, peers, targets, []))
+    assert "| Ray 9.9 | all at once | 4.000 | 4.000 | 8.000 | 40.0 |" in text
+    assert "| Dask distributed | skipped: distributed is not installed |" in text
+    assert "Peer versions: Ray 9.9 (Python 3.13.0); Java: openjdk 17." in text
 
 
 def test_skipped_peers_are_rows_not_failures_and_leave_targets_na(tmp_path: Path) -> None:
