@@ -189,10 +189,13 @@ def missing_requirement(
 
 
 def _has_module(name: str) -> bool:
+    """Installed as a real package: a bare directory of that name on sys.path (a namespace
+    package, such as Ray's session folder /tmp/ray when /tmp is on the path) does not count."""
     try:
-        return importlib.util.find_spec(name) is not None
+        spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):
         return False
+    return spec is not None and spec.origin is not None
 
 
 def _find_java() -> str | None:

@@ -5,6 +5,7 @@ No peer engine is needed (CI does not install the bench extra): lookups are inje
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -42,6 +43,17 @@ def test_run_engine_reports_a_missing_peer_as_skipped(monkeypatch: pytest.Monkey
     assert report["status"] == "skipped"
     assert "ray is not installed" in report["reason"]
     assert "workloads" not in report
+
+
+def test_a_bare_directory_named_like_a_peer_is_not_an_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "fake_peer_pkg_9").mkdir()  # like Ray's /tmp/ray session folder
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert not pe._has_module("fake_peer_pkg_9")
+    (tmp_path / "fake_peer_pkg_9" / "__init__.py").write_text("")
+    importlib.invalidate_caches()
+    assert pe._has_module("fake_peer_pkg_9")
 
 
 def test_unknown_engine_is_an_error() -> None:
