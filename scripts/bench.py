@@ -28,6 +28,8 @@ import psutil
 import adrizzle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_peers import bench_peers
+from bench_scaling import bench_scaling
 from floor import floor_ms_per_batch_async
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench-results"
@@ -267,6 +269,10 @@ BENCHES = {
     "shuffle": bench_shuffle,
     "recovery": bench_recovery,
 }
+
+
+# Sub-commands in modules of their own.
+BENCHES.update({"scaling": bench_scaling, "peers": bench_peers})
 
 
 def main() -> None:
