@@ -557,11 +557,17 @@ class Engine:
 
     def statistics(self) -> dict[str, Any]:
         """A plain-dict snapshot of driver state (the status server reads only this)."""
+        from adrizzle import __version__
+
         frames = self._counter.snapshot()
         stats = self._metrics.snapshot()
         stats.update(
             {
+                "version": __version__,
+                "time": time.time(),
                 "address": self.address,
+                # Launched and not yet acknowledged (an aborted attempt is no longer routed).
+                "groups_in_flight": len(self._routes),
                 "window": self.window,
                 "workers": self.workers,
                 "workers_joined": self._cluster.joined_total,

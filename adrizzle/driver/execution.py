@@ -118,6 +118,9 @@ class RunExecution:
         self._closed = False
         self._group_blob: tuple[int, bytes] = (-1, b"")
         self.coordination_s = 0.0
+        # Monitoring: when the jobs were asked for, and when each job's group was launched.
+        self._submitted_at = time.perf_counter()
+        self._launched_at: dict[int, float] = {}
 
     # -- control -------------------------------------------------------------------------
 
@@ -264,6 +267,7 @@ class RunExecution:
             handle.channel.send(msg, b"".join((blob, *data)) if any(data) else blob)
         if plan.wave == 0:
             self._metrics.group_launched(plan.last_job - plan.first_job)
+            self._launched_at.update(dict.fromkeys(plan.jobs, t0))
         self.coordination_s += time.perf_counter() - t0
 
     # -- stimuli from the cluster --------------------------------------------------------
@@ -295,6 +299,7 @@ class RunExecution:
             self._fail(SerializationError(msg.reason))
         elif type(msg) is GroupDone:
             worker.groups_done += 1
+            self._metrics.worker_group_done(msg.tasks, msg.failed)
             if msg.pushed_blocks:
                 self._metrics.shuffle_pushed(msg.pushed_blocks, msg.pushed_bytes)
             finished, next_wave = self.sched.group_done(worker.id, msg.group)
@@ -392,7 +397,7 @@ class RunExecution:
     # -- delivery ------------------------------------------------------------------------
 
     def _deliver(self, outcomes: list[JobOutcome]) -> None:
-        self._metrics.jobs_completed(outcomes)
+        self._metrics.jobs_completed(outcomes, self._launched_at, self._submitted_at)
         self._outcomes.extend(outcomes)
         self._wake()
 

@@ -1,21 +1,96 @@
-"""Counters and recent samples the driver keeps for ``Engine.statistics()`` and monitoring.
+"""Counters, histograms and recent samples of the driver, for ``Engine.statistics()``.
 
-Updated from the scheduler shell once per group or per finished job (never per task); read
-only through ``snapshot()``.
+Updated from the scheduler shell once per group, per worker acknowledgement, or per delivered
+micro-batch (a few appends and two bisects; never per task); read only through ``snapshot()``.
+
+Per micro-batch, as Spark Streaming defines them:
+
+- *scheduling delay*: from its submission (the start of the ``run_jobs``/``iter_jobs`` call
+  that asked for it) to the launch of the group that ran it (its last launch, if recovery
+  re-ran it). Batches queued behind a full window wait here.
+- *processing time*: from that launch to its delivery to the caller.
+- *latency* (Spark's "total delay"): submission to delivery, the two added.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
     from adrizzle.driver.scheduler import JobOutcome
 
-RECENT = 100
+RECENT = 100  # values listed per series
+WINDOW = 1000  # micro-batches the percentiles are taken over
+
+# Seconds. Upper bounds of the Prometheus histogram buckets (``le``), from 100 µs (a group
+# of tiny batches) to a minute (a queue of many).
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+
+class Histogram:
+    """Cumulative bucket counts over every observation, in Prometheus' ``le`` convention."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def snapshot(self) -> dict[str, Any]:
+        """``buckets``: ``[upper bound, observations <= it]`` pairs, ending with ``"+Inf"``."""
+        running, buckets = 0, []
+        for bound, n in zip((*self.bounds, "+Inf"), self.counts, strict=True):
+            running += n
+            buckets.append([bound, running])
+        return {"buckets": buckets, "count": running, "sum": self.sum}
+
+
+def percentile(ordered: Sequence[float], q: float) -> float | None:
+    """The nearest-rank ``q``-quantile (0 < q <= 1) of sorted values, None when empty."""
+    if not ordered:
+        return None
+    rank = max(1, -(-len(ordered) * q // 1))  # ceil(n * q)
+    return ordered[int(rank) - 1]
+
+
+def describe(samples: deque[float]) -> dict[str, Any]:
+    ordered = sorted(samples)
+    return {
+        "p50": percentile(ordered, 0.5),
+        "p99": percentile(ordered, 0.99),
+        "max": ordered[-1] if ordered else None,
+        "window": len(ordered),
+        "recent": list(samples)[-RECENT:],
+    }
 
 
 class DriverMetrics:
@@ -25,11 +100,17 @@ class DriverMetrics:
         self.groups_acked = 0
         self.jobs_done = 0
         self.jobs_failed = 0
+        self.tasks_done = 0
+        self.tasks_failed = 0
         self.failures = 0
         self.recoveries = 0
         self.group_sizes: deque[int] = deque(maxlen=RECENT)
         self.shuffle_blocks_pushed = 0
         self.shuffle_bytes_pushed = 0
+        self.latency = Histogram()
+        self.scheduling_delay = Histogram()
+        self.recent_latency: deque[float] = deque(maxlen=WINDOW)
+        self.recent_processing: deque[float] = deque(maxlen=WINDOW)
 
     def group_launched(self, size: int) -> None:
         self.groups_launched += 1
@@ -38,29 +119,68 @@ class DriverMetrics:
     def group_acked(self) -> None:
         self.groups_acked += 1
 
+    def worker_group_done(self, tasks: int, failed: int) -> None:
+        """One worker's acknowledgement of a group: its tasks' totals."""
+        self.tasks_done += tasks
+        self.tasks_failed += failed
+
     def shuffle_pushed(self, blocks: int, nbytes: int) -> None:
         self.shuffle_blocks_pushed += blocks
         self.shuffle_bytes_pushed += nbytes
 
-    def jobs_completed(self, outcomes: Iterable[JobOutcome]) -> None:
+    def jobs_completed(
+        self,
+        outcomes: Iterable[JobOutcome],
+        launched_at: dict[int, float] | None = None,
+        submitted_at: float | None = None,
+    ) -> None:
+        """Count delivered micro-batches; with their run's submission time and the launch
+        time of each job (``perf_counter``; consumed here), record their timings."""
+        now = time.perf_counter()
         for o in outcomes:
             if o.error is None:
                 self.jobs_done += 1
             else:
                 self.jobs_failed += 1
+            if submitted_at is None or launched_at is None:
+                continue
+            latency = now - submitted_at
+            processing = now - launched_at.pop(o.index, submitted_at)
+            self.latency.observe(latency)
+            self.scheduling_delay.observe(latency - processing)
+            self.recent_latency.append(latency)
+            self.recent_processing.append(processing)
 
     def snapshot(self) -> dict[str, Any]:
+        latency_hist = self.latency.snapshot()
+        latency = describe(self.recent_latency)
+        processing = describe(self.recent_processing)
+        delay = describe(
+            deque(a - b for a, b in zip(self.recent_latency, self.recent_processing, strict=True))
+        )
         return {
             "uptime_s": time.time() - self.started_at,
             "groups_launched": self.groups_launched,
             "groups_acked": self.groups_acked,
-            "groups_in_flight": self.groups_launched - self.groups_acked,
             "jobs_completed": self.jobs_done,
             "jobs_failed": self.jobs_failed,
+            "micro_batches_completed": self.jobs_done + self.jobs_failed,
+            # How many micro-batches were timed (the latency/delay/processing samples end
+            # with the latest of them; a client aligns its polls on this count).
+            "micro_batches_timed": latency_hist["count"],
+            "tasks_completed": self.tasks_done,
+            "tasks_failed": self.tasks_failed,
             "failures": self.failures,
             "recoveries": self.recoveries,
             "group_size": self.group_sizes[-1] if self.group_sizes else None,
             "recent_group_sizes": list(self.group_sizes),
             "shuffle_blocks_pushed": self.shuffle_blocks_pushed,
             "shuffle_bytes_pushed": self.shuffle_bytes_pushed,
+            "batch_latency_s": latency,
+            "scheduling_delay_s": delay,
+            "processing_time_s": processing,
+            "histograms": {
+                "batch_latency_s": latency_hist,
+                "scheduling_delay_s": self.scheduling_delay.snapshot(),
+            },
         }
