@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import adrizzle
+from adrizzle.progress import job_progress
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -66,11 +67,13 @@ async def single_stage(args: argparse.Namespace) -> dict[str, object]:
         if args.warmup:
             await engine.run_jobs([data] * args.warmup, sum, timeout=args.timeout)
         before = await settled_statistics(engine)
-        started = time.perf_counter()
-        per_job = await engine.run_jobs(
-            [data] * n, sum, group_size=args.group_size, timeout=args.timeout
-        )
-        elapsed = time.perf_counter() - started
+        # A bar on stderr while the run goes (not with --json, nor when stderr is no terminal).
+        async with job_progress(engine, n, f"G={args.group_size}", quiet=args.json):
+            started = time.perf_counter()
+            per_job = await engine.run_jobs(
+                [data] * n, sum, group_size=args.group_size, timeout=args.timeout
+            )
+            elapsed = time.perf_counter() - started
         after = await settled_statistics(engine)
 
     def delta(direction: str, kind: str) -> int:
