@@ -15,15 +15,20 @@ from adrizzle.wire import auth
 
 
 class _JsonFormatter(logging.Formatter):
+    worker: str | None = None  # set once the worker's id is known: one field to group logs by
+
     def format(self, record: logging.LogRecord) -> str:
-        return orjson.dumps(
-            {
-                "ts": record.created,
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "msg": record.getMessage(),
-            }
-        ).decode()
+        entry = {
+            "ts": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if self.worker is not None:
+            entry["worker"] = self.worker
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
+    json_formatter = _JsonFormatter()
     if args.log_json:
-        handler.setFormatter(_JsonFormatter())
+        handler.setFormatter(json_formatter)
     else:
         handler.setFormatter(logging.Formatter("adrizzle-worker: %(levelname)s %(message)s"))
     root = logging.getLogger("adrizzle")
@@ -128,12 +134,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from adrizzle.worker.runtime import WorkerRuntime
 
+    name = args.name or f"{socket.gethostname()}-{os.getpid()}"
+    json_formatter.worker = name
     runtime = WorkerRuntime(
         host=host,
         port=port,
         token=token,
         cores=args.cores,
-        name=args.name or f"{socket.gethostname()}-{os.getpid()}",
+        name=name,
         connect_timeout=args.connect_timeout,
         max_frame_bytes=args.max_frame_bytes,
         data_listen=parse_address(args.data_listen) if args.data_listen else None,

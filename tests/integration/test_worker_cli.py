@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -131,8 +132,6 @@ async def test_token_file_and_json_logs(tmp_path: Path) -> None:
         await engine.wait_for_workers(1, timeout=30)
     code, err = await wait_exit(proc)
     assert code == 0
-    import json
-
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any("connected to driver" in rec["msg"] for rec in lines)
     assert all({"ts", "level", "msg"} <= set(rec) for rec in lines)
@@ -182,3 +181,57 @@ def test_worker_exits_when_the_driver_process_dies(tmp_path: Path) -> None:
             driver.wait()
         if driver.stdout is not None:
             driver.stdout.close()
+
+
+def test_one_log_line_on_connect_on_loss_and_on_exit(tmp_path: Path) -> None:
+    # Two workers of a driver in another process: one logging JSON at info, one plain text at
+    # --log-level warning. The driver is SIGKILLed: each worker reports the loss once.
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import adrizzle, asyncio\n"
+        "async def main():\n"
+        f"    async with adrizzle.Engine(listen='127.0.0.1:0', token={TOKEN!r}) as engine:\n"
+        "        print(engine.address, flush=True)\n"
+        "        await engine.wait_for_workers(2, timeout=30)\n"
+        "        print('ready', flush=True)\n"
+        "        await asyncio.sleep(60)\n"
+        "adrizzle.run(main())\n"
+    )
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        assert driver.stdout is not None
+        address = driver.stdout.readline().strip()
+        workers.append(spawn(f"tcp://{address}", "--cores", "1", "--name", "js", "--log-json"))
+        workers.append(spawn(f"tcp://{address}", "--cores", "1", "--log-level", "warning"))
+        assert driver.stdout.readline().strip() == "ready"
+        driver.kill()
+        driver.wait()
+        results = [asyncio.run(wait_exit(w)) for w in workers]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        if driver.stdout is not None:
+            driver.stdout.close()
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+
+    (_code, err_json), (_code2, err_plain) = results
+    records = [json.loads(line) for line in err_json.splitlines()]  # every line is JSON
+    assert all(rec["worker"] == "js" for rec in records)
+    connect = [r for r in records if "connected to driver" in r["msg"]]
+    lost = [r for r in records if "lost the driver" in r["msg"]]
+    exiting = [r for r in records if "exiting" in r["msg"]]
+    assert (len(connect), len(lost), len(exiting)) == (1, 1, 1), records
+    assert (connect[0]["level"], lost[0]["level"], exiting[0]["level"]) == (
+        "info",
+        "warning",
+        "info",
+    )
+    # --log-level warning: the loss, and nothing at info level.
+    lines = err_plain.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("adrizzle-worker: WARNING lost the driver")
