@@ -20,7 +20,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Sequence
 
     from adrizzle.driver.scheduler import JobOutcome
 
@@ -61,9 +61,9 @@ class Histogram:
         self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
+    def observe(self, value: float, times: int = 1) -> None:
+        self.counts[bisect_left(self.bounds, value)] += times
+        self.sum += value * times
 
     def snapshot(self) -> dict[str, Any]:
         """``buckets``: ``[upper bound, observations <= it]`` pairs, ending with ``"+Inf"``."""
@@ -130,26 +130,46 @@ class DriverMetrics:
 
     def jobs_completed(
         self,
-        outcomes: Iterable[JobOutcome],
+        outcomes: Sequence[JobOutcome],
         launched_at: dict[int, float] | None = None,
         submitted_at: float | None = None,
     ) -> None:
         """Count delivered micro-batches; with their run's submission time and the launch
-        time of each job (``perf_counter``; consumed here), record their timings."""
+        time of each job (``perf_counter``; consumed here), record their timings.
+
+        The batches of one call share their latency (delivered together, submitted together)
+        and the batches of one group their scheduling delay: one observation each.
+        """
         now = time.perf_counter()
-        for o in outcomes:
-            if o.error is None:
-                self.jobs_done += 1
-            else:
-                self.jobs_failed += 1
-            if submitted_at is None or launched_at is None:
-                continue
+        failed = 0
+        if submitted_at is None or launched_at is None:
+            for o in outcomes:
+                if o.error is not None:
+                    failed += 1
+        else:
+            n = len(outcomes)
             latency = now - submitted_at
-            processing = now - launched_at.pop(o.index, submitted_at)
-            self.latency.observe(latency)
-            self.scheduling_delay.observe(latency - processing)
-            self.recent_latency.append(latency)
-            self.recent_processing.append(processing)
+            hist = self.latency
+            hist.counts[bisect_left(hist.bounds, latency)] += n
+            hist.sum += latency * n
+            pop = launched_at.pop
+            add_latency, add_processing = self.recent_latency.append, self.recent_processing.append
+            group_launch, same = submitted_at, 0
+            for o in outcomes:
+                if o.error is not None:
+                    failed += 1
+                launch = pop(o.index, submitted_at)
+                if launch != group_launch:  # a new group: observe the previous one's delay
+                    if same:
+                        self.scheduling_delay.observe(group_launch - submitted_at, same)
+                    group_launch, same = launch, 0
+                same += 1
+                add_latency(latency)
+                add_processing(now - launch)
+            if same:
+                self.scheduling_delay.observe(group_launch - submitted_at, same)
+        self.jobs_done += len(outcomes) - failed
+        self.jobs_failed += failed
 
     def snapshot(self) -> dict[str, Any]:
         latency_hist = self.latency.snapshot()
