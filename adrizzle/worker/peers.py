@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from adrizzle.wire import auth
 from adrizzle.wire.channel import Channel
 from adrizzle.wire.connection import Connection
-from adrizzle.wire.listener import Listener
+from adrizzle.wire.listener import Listener, format_address
 from adrizzle.wire.messages import PROTOCOL_VERSION, FetchBlocks, Hello, MapOutputReady, Message
 
 if TYPE_CHECKING:
@@ -80,8 +80,16 @@ class PeerLinks:
             name=f"{self._name}-data",
         )
 
-    async def start(self, host: str, port: int) -> str:
-        self.address = await self._listener.start(host, port)
+    async def start(self, host: str, port: int, advertise_host: str | None = None) -> str:
+        """Listen; return the address other workers are told to dial.
+
+        Bound to a wildcard (``0.0.0.0``, ``::``), the port is advertised with
+        ``advertise_host``: "0.0.0.0" would send every peer to itself.
+        """
+        bound = await self._listener.start(host, port)
+        self.address = bound
+        if advertise_host and host in ("0.0.0.0", "::", ""):
+            self.address = format_address(advertise_host, int(bound.rpartition(":")[2]))
         return self.address
 
     def send(self, worker: str, msg: Message, payload: bytes) -> None:

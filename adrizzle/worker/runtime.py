@@ -153,8 +153,9 @@ class WorkerRuntime:
                 shuffle_timeout=self.shuffle_timeout,
                 max_block_bytes=self.limits.max_payload,
             )
-            host, port = self.data_listen or (local_address_towards(self.host, self.port), 0)
-            await self.peers.start(host, port)
+            towards_driver = local_address_towards(self.host, self.port)
+            host, port = self.data_listen or (towards_driver, 0)
+            await self.peers.start(host, port, advertise_host=towards_driver)
             self.channel = await self._connect()
             log.info(
                 "connected to driver %s as %s with %d cores (pid %d)",
