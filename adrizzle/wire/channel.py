@@ -347,7 +347,10 @@ class Channel(asyncio.Protocol):
         transport.set_protocol(self)
         self._transport = transport
         if self.close_reason is not None or transport.is_closing():
-            transport.close()  # closed by us meanwhile: connection_lost follows
+            # Closed while the handshake ran (our deadline, or the peer): uvloop then returns
+            # a dead transport that never reports the loss, so finish the close here.
+            transport.close()
+            self.connection_lost(None)
             return
         transport.write(self.conn.initiate())
         if stand_in.received:

@@ -232,21 +232,31 @@ async def test_connections_stalled_before_tls_count_against_the_cap(pki: Pki) ->
             writer.close()
 
 
-async def test_stalled_tls_handshake_is_closed_at_the_deadline(
+async def test_stalled_tls_handshakes_are_closed_at_the_deadline_and_free_their_place(
     pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="adrizzle")
     async with adrizzle.Engine(
-        listen="127.0.0.1:0", token=TOKEN, handshake_timeout=0.5, **pki.engine_kwargs()
+        listen="127.0.0.1:0",
+        token=TOKEN,
+        handshake_timeout=0.5,
+        max_connections_per_address=2,
+        **pki.engine_kwargs(),
     ) as engine:
         host, port = hostile.split_address(engine.address)
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(b"\x16\x03")  # the first bytes of a ClientHello, then silence
-        try:
-            assert await asyncio.wait_for(reader.read(), 20) == b""
-        except ConnectionResetError:
-            pass
-        writer.close()
+        for _ in range(2):  # twice the cap, in two rounds
+            conns = [await asyncio.open_connection(host, port) for _ in range(2)]
+            for reader, writer in conns:
+                writer.write(b"\x16\x03")  # the first bytes of a ClientHello, then silence
+                try:
+                    assert await asyncio.wait_for(reader.read(), 20) == b""
+                except ConnectionResetError:
+                    pass
+                writer.close()
+        # Had a stalled handshake kept its place, the cap of 2 would refuse these.
+        for _ in range(2):
+            assert b'"t":"hello"' in await read_hello_over_tls(host, port, pki.client_context())
+        assert engine.statistics()["refused_connections"] == {"127.0.0.1": 4}
     [warning] = [r.getMessage() for r in caplog.records if "refused a connection" in r.getMessage()]
     assert "not completed within 0.5 s" in warning
 
