@@ -224,3 +224,26 @@ def test_worker_exits_when_the_driver_process_dies(tmp_path: Path) -> None:
             driver.wait()
         if driver.stdout is not None:
             driver.stdout.close()
+
+
+async def test_wildcard_data_listen_advertises_a_reachable_address() -> None:
+    # Bound to 0.0.0.0 (a container, a firewall rule on a fixed port), the worker must not
+    # tell the others to dial 0.0.0.0, which would connect each of them to itself.
+    async with adrizzle.Engine(listen="127.0.0.1:0", token=TOKEN) as engine:
+        proc = spawn(f"tcp://{engine.address}", "--cores", "1", "--data-listen", "0.0.0.0:0")
+        await engine.wait_for_workers(1, timeout=30)
+        [info] = engine.workers
+        host, _, port = info["data_address"].rpartition(":")
+        assert host == "127.0.0.1"  # the address that reaches this (loopback) driver
+        assert int(port) > 0
+    code, err = await wait_exit(proc)
+    assert code == 0, err
+
+
+async def test_slots_do_not_inherit_the_token() -> None:
+    async with adrizzle.Engine.local(workers=1, cores=1) as engine:
+        data = engine.parallelize([0], partitions=1)
+        [[seen]] = await engine.run_jobs(
+            [data], lambda _it: os.environ.get("ADRIZZLE_AUTH_TOKEN"), timeout=30
+        )
+        assert seen is None
