@@ -37,6 +37,7 @@ from adrizzle.wire.messages import (
     PeerLost,
     Shutdown,
 )
+from adrizzle.wire.tls import TlsConfig
 
 if TYPE_CHECKING:
     from adrizzle.status.server import StatusServer
@@ -107,8 +108,14 @@ class Engine:
         heartbeat_timeout: float = 5.0,
         stall_timeout: float | None = 60.0,
         no_workers_timeout: float = 30.0,
+        max_connections_per_address: int = 64,
+        tls_ca_file: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
     ) -> None:
         host, port = parse_address(listen, 7077)
+        # TLS (both ports, mutual certificates): see adrizzle.wire.tls and SECURITY.md.
+        self._tls = TlsConfig.from_options(tls_ca_file, tls_cert, tls_key)
         resolved = auth.resolve_token(token, token_file)
         if resolved is None:
             if not is_loopback(host):
@@ -150,6 +157,8 @@ class Engine:
             handshake_timeout=handshake_timeout,
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
+            max_connections_per_address=max_connections_per_address,
+            tls=self._tls.server_context() if self._tls is not None else None,
         )
         self._status_address = status
         self._status: StatusServer | None = None
@@ -201,7 +210,7 @@ class Engine:
                 raise
         if self._local_spec is not None:
             n, cores = self._local_spec
-            self._local = LocalWorkers(driver_address=self.address, token=self.token)
+            self._local = LocalWorkers(driver_address=self.address, token=self.token, tls=self._tls)
             atexit.register(self._local.kill_all)
             try:
                 self._local.spawn(n, cores, self._local_args)

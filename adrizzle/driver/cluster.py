@@ -2,7 +2,8 @@
 
 Workers dial in, authenticate, and are registered under the id they announce. Messages from
 registered workers go to ``on_message``; a worker whose connection closes is removed and reported
-to ``on_lost`` at once. Unauthenticated peers are logged once with their address and dropped.
+to ``on_lost`` at once. The port is a ``Listener``: peers that fail the handshake are dropped and
+logged once per address, connections per address are capped, and TLS is optional.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from adrizzle.errors import NoWorkersError, RemoteProtocolError
 from adrizzle.wire import auth
 from adrizzle.wire.channel import Channel, ConnectionClosed, FrameCounter
 from adrizzle.wire.connection import Connection
+from adrizzle.wire.listener import Listener
 from adrizzle.wire.messages import (
     PROTOCOL_VERSION,
     BatchResult,
@@ -32,6 +34,8 @@ from adrizzle.wire.messages import (
 )
 
 if TYPE_CHECKING:
+    import ssl
+
     from adrizzle.wire.framing import FrameLimits
 
 log = logging.getLogger("adrizzle.driver")
@@ -63,6 +67,7 @@ class WorkerHandle:
             "slots": self.cores,
             "pid": self.pid,
             "data_address": self.data_address,
+            "tls": self.channel.tls_version,
             "state": self.state,
             "connected_at": self.connected_at,
             "last_heartbeat": self.last_seen,
@@ -90,6 +95,8 @@ class Cluster:
         handshake_timeout: float = 5.0,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 5.0,
+        max_connections_per_address: int = 64,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._host = host
         self.heartbeat_interval = heartbeat_interval
@@ -103,21 +110,23 @@ class Cluster:
         self._on_joined = on_joined
         self._on_lost = on_lost
         self._handshake_timeout = handshake_timeout
-        self._server: asyncio.Server | None = None
-        self._channels: set[Channel] = set()
+        self._listener = Listener(
+            self._new_channel,
+            name="driver control port",
+            log=log,
+            max_per_address=max_connections_per_address,
+            tls=tls,
+        )
         self.workers: dict[str, WorkerHandle] = {}
         self._changed = asyncio.Event()
         self.address = ""
-        self.refused: dict[str, int] = {}
+        #: Refused or failed handshakes by peer host.
+        self.refused = self._listener.refused
         self.lost_total = 0
         self.joined_total = 0
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._new_channel, self._host, self._port)
-        sockname = self._server.sockets[0].getsockname()
-        host = sockname[0]
-        self.address = f"[{host}]:{sockname[1]}" if ":" in host else f"{host}:{sockname[1]}"
+        self.address = await self._listener.start(self._host, self._port)
         self._heartbeats = asyncio.ensure_future(self._heartbeat_loop())
 
     async def _heartbeat_loop(self) -> None:
@@ -146,7 +155,7 @@ class Cluster:
             accepts=WORKER_MESSAGES,
             limits=self._limits,
         )
-        channel = Channel(
+        return Channel(
             conn,
             on_message=self._dispatch,
             on_authenticated=self._authenticated,
@@ -155,15 +164,17 @@ class Cluster:
             counter=self._counter,
             name="driver",
         )
-        self._channels.add(channel)
-        return channel
 
     def _authenticated(self, channel: Channel, hello: Hello) -> None:
+        reason = None
         if hello.role != "worker":
-            channel.abort(RemoteProtocolError(f"expected a worker, got role {hello.role!r}"))
-            return
-        if hello.id in self.workers:
-            channel.abort(RemoteProtocolError(f"a worker named {hello.id!r} is already connected"))
+            reason = f"expected a worker, got role {hello.role!r}"
+        elif hello.id in self.workers:
+            reason = f"a worker named {hello.id!r} is already connected"
+        if reason is not None:
+            log.warning("refused %s from %s: %s", hello.id, channel.peer_address, reason)
+            channel.conn.fail(reason)
+            channel.abort(RemoteProtocolError(reason))
             return
         now = time.time()
         handle = WorkerHandle(
@@ -191,17 +202,10 @@ class Cluster:
         self._on_message(handle, msg, payload)
 
     def _closed(self, channel: Channel, exc: BaseException | None) -> None:
-        self._channels.discard(channel)
         peer = channel.peer
         handle = self.workers.get(peer.id) if peer is not None else None
         if peer is None or handle is None or handle.channel is not channel:
-            # Never registered: a failed handshake (logged once per address) or a bare close.
-            if exc is not None and not isinstance(exc, ConnectionClosed):
-                address = channel.peer_address or "?"
-                self.refused[address] = self.refused.get(address, 0) + 1
-                if self.refused[address] == 1:
-                    log.warning("refused connection from %s: %s", address, exc)
-            return
+            return  # never registered: the listener logged a failed handshake
         del self.workers[peer.id]
         handle.state = "lost"
         self.lost_total += 1
@@ -239,9 +243,4 @@ class Cluster:
             if handle.channel.is_open:
                 handle.channel.send(Shutdown())
                 handle.channel.flush()
-        for channel in list(self._channels):
-            channel.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        await self._listener.close()

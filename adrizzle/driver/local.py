@@ -15,8 +15,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adrizzle.wire.auth import TOKEN_ENV
+
+if TYPE_CHECKING:
+    from adrizzle.wire.tls import TlsConfig
 
 
 def worker_command() -> list[str]:
@@ -31,9 +35,17 @@ def worker_command() -> list[str]:
 
 
 class LocalWorkers:
-    def __init__(self, *, driver_address: str, token: str, log_level: str = "warning") -> None:
+    def __init__(
+        self,
+        *,
+        driver_address: str,
+        token: str,
+        log_level: str = "warning",
+        tls: TlsConfig | None = None,
+    ) -> None:
         self._driver_address = driver_address
         self._token = token
+        self._tls = tls
         self._log_level = log_level
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._next = 0
@@ -54,6 +66,7 @@ class LocalWorkers:
                 name,
                 "--log-level",
                 self._log_level,
+                *(self._tls.worker_args() if self._tls is not None else []),
                 *(extra_args or []),
             ]
             self.processes[name] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)

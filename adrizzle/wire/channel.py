@@ -4,6 +4,10 @@ The shell owns everything with a clock or a socket: ``TCP_NODELAY``, the handsha
 write coalescing (all messages sent during one loop iteration leave in one ``writelines``) and
 ``pause_writing``/``resume_writing`` backpressure. Messages are dispatched to plain callbacks
 straight from ``data_received``, so the hot path has no queue and no task switch.
+
+A channel accepted by a listening port has a ``gate`` (``adrizzle.wire.listener``): it may
+refuse the connection as soon as it is made, and with TLS the channel upgrades the plain TCP
+connection first. One deadline covers the TLS handshake and the token handshake together.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ import asyncio
 import collections
 import logging
 import socket
+import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from adrizzle.errors import ProtocolError, RemoteProtocolError
 from adrizzle.wire.connection import Authenticated, Connection, State
@@ -21,6 +26,8 @@ from adrizzle.wire.connection import Authenticated, Connection, State
 log = logging.getLogger("adrizzle.wire")
 
 if TYPE_CHECKING:
+    import ssl
+
     from adrizzle.wire.messages import Hello, Message
 
 
@@ -52,6 +59,19 @@ class FrameCounter:
         }
 
 
+class Gate(Protocol):
+    """A listening port's say over the channels it accepts."""
+
+    #: Upgrade each accepted connection to TLS with this context before the token handshake.
+    tls: ssl.SSLContext | None
+
+    def admit(self, channel: Channel) -> str | None:
+        """Called once the connection is made: None to go on, else why it is refused."""
+
+    def release(self, channel: Channel, exc: BaseException | None) -> None:
+        """Called once when the connection is gone, with the reason it closed."""
+
+
 OnMessage = Callable[["Channel", "Message", bytes], None]
 OnAuthenticated = Callable[["Channel", "Hello"], None]
 OnClosed = Callable[["Channel", BaseException | None], None]
@@ -81,6 +101,8 @@ class Channel(asyncio.Protocol):
         self.name = name
         self.peer: Hello | None = None
         self.peer_address: str = ""
+        self.peer_host: str = ""
+        self.gate: Gate | None = None
         self._on_message = on_message
         self._on_authenticated = on_authenticated
         self._on_closed = on_closed
@@ -97,6 +119,9 @@ class Channel(asyncio.Protocol):
         self.authenticated: asyncio.Future[Hello] = self._loop.create_future()
         self.close_reason: BaseException | None = None
         self.closed_by_us = False
+        self._upgrade: asyncio.Task[None] | None = None
+        self._upgrading = False
+        self._lost = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -108,11 +133,32 @@ class Channel(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer_host = str(peer[0])
             self.peer_address = f"{peer[0]}:{peer[1]}"
         if self.conn.state is State.OPEN:  # trusted channel: no handshake
             return
-        transport.write(self.conn.initiate())
+        gate = self.gate
+        if gate is not None:
+            refusal = gate.admit(self)
+            if refusal is not None:
+                if gate.tls is None:
+                    self.conn.fail(refusal)  # the peer learns why (a TLS peer cannot read it)
+                self._abort(RemoteProtocolError(refusal))
+                return
         self._deadline = self._loop.call_later(self._handshake_timeout, self._handshake_expired)
+        if gate is not None and gate.tls is not None:
+            self._upgrading = True
+            upgrade = self._start_tls(transport, gate.tls)
+            if sys.version_info >= (3, 12) and asyncio.current_task(self._loop) is None:
+                # Run start_tls() up to its first await right here: the TLS layer must be the
+                # transport's protocol before the first byte is read, and uvloop starts reading
+                # as soon as connection_made returns.
+                self._upgrade = asyncio.Task(upgrade, loop=self._loop, eager_start=True)
+            else:  # pragma: no cover - Python 3.11: a paused transport waits for start_tls()
+                transport.pause_reading()
+                self._upgrade = self._loop.create_task(upgrade)
+            return
+        transport.write(self.conn.initiate())
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -146,6 +192,9 @@ class Channel(asyncio.Protocol):
                 return
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:  # a failed TLS upgrade may report the loss twice
+            return
+        self._lost = True
         if self._deadline is not None:
             self._deadline.cancel()
         if self._flush_handle is not None:
@@ -169,6 +218,8 @@ class Channel(asyncio.Protocol):
             self.authenticated.exception()  # mark retrieved: a failed handshake is not a leak
         if not self.closed.done():
             self.closed.set_result(None)
+        if self.gate is not None:
+            self.gate.release(self, err)
         self._on_closed(self, err)
 
     def pause_writing(self) -> None:
@@ -188,6 +239,13 @@ class Channel(asyncio.Protocol):
         t = self._transport
         transport = "none" if t is None else ("closing" if t.is_closing() else "open")
         return f"{self.conn.state.value}/{transport}/{self.close_reason!r}"
+
+    @property
+    def tls_version(self) -> str | None:
+        """The TLS version of this connection (``"TLSv1.3"``), None for plain TCP."""
+        transport = self._transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        return str(ssl_object.version()) if ssl_object is not None else None
 
     @property
     def is_open(self) -> bool:
@@ -255,15 +313,59 @@ class Channel(asyncio.Protocol):
             self.authenticated.set_result(hello)
         self._on_authenticated(self, hello)
 
+    async def _start_tls(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        # The TLS layer talks to a stand-in until the handshake is done: what the peer sends
+        # right behind it is held there, so the channel never sees bytes before its hello left.
+        stand_in = _TlsHandshake()
+        failure: BaseException | None = None
+        transport: asyncio.Transport | None = None
+        try:
+            transport = await self._loop.start_tls(
+                raw,
+                stand_in,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=self._handshake_timeout,
+            )
+        except BaseException as exc:
+            failure = exc
+        self._upgrading = False
+        if transport is None or stand_in.lost is not None:
+            if self.close_reason is None:
+                detail = str(failure or "") or type(failure).__name__
+                if stand_in.lost is not None:
+                    detail = "connection lost"
+                self.close_reason = RemoteProtocolError(
+                    f"TLS handshake with {self.peer_address or 'peer'} failed: {detail}"
+                )
+                self.closed_by_us = True
+            (transport or raw).close()
+            self.connection_lost(None)
+            if isinstance(failure, asyncio.CancelledError):
+                raise failure
+            return
+        transport.set_protocol(self)
+        self._transport = transport
+        if self.close_reason is not None or transport.is_closing():
+            # Closed while the handshake ran (our deadline, or the peer): uvloop then returns
+            # a dead transport that never reports the loss, so finish the close here.
+            transport.close()
+            self.connection_lost(None)
+            return
+        transport.write(self.conn.initiate())
+        if stand_in.received:
+            self.data_received(bytes(stand_in.received))
+
     def _handshake_expired(self) -> None:
         self._deadline = None
         if self.conn.state is State.HANDSHAKE:
-            self._abort(
-                RemoteProtocolError(
-                    f"handshake with {self.peer_address or 'peer'} not completed within "
-                    f"{self._handshake_timeout:g} s"
-                )
+            reason = (
+                f"handshake with {self.peer_address or 'peer'} not completed within "
+                f"{self._handshake_timeout:g} s"
             )
+            if not self._upgrading:
+                self.conn.fail(reason)  # tell a slow but honest peer why
+            self._abort(RemoteProtocolError(reason))
 
     def _abort(self, exc: BaseException) -> None:
         if self.close_reason is None:
@@ -272,8 +374,25 @@ class Channel(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        if self._upgrading:  # mid TLS handshake: no plain bytes may be written
+            transport.close()
+            return
         out = self.conn.data_to_send()  # the error frame telling the peer why, if any
         self._pending.clear()
         if out:
             transport.write(out)
         transport.close()
+
+
+class _TlsHandshake(asyncio.Protocol):
+    """Stands in for a channel while its connection is upgraded to TLS (see ``_start_tls``)."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.lost: tuple[Exception | None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = (exc,)

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from collections.abc import Collection
 
 
+#: The roles a hello may claim.
+ROLES = frozenset({"driver", "worker"})
+
+
 class State(enum.Enum):
     HANDSHAKE = "handshake"  # hellos being exchanged / proofs pending
     OPEN = "open"  # authenticated both ways; any accepted message may flow
@@ -128,6 +132,10 @@ class Connection:
             self._fail(str(exc))
             raise
 
+    def fail(self, reason: str) -> None:
+        """Close, queuing an ``error`` frame that tells the peer why (see ``data_to_send``)."""
+        self._fail(reason)
+
     def _fail(self, reason: str) -> None:
         if self.state is not State.CLOSED:
             try:
@@ -143,7 +151,7 @@ class Connection:
             if type(msg) not in accepts:
                 if isinstance(msg, Error):
                     self.state = State.CLOSED
-                    raise RemoteProtocolError(f"peer closed the connection: {msg.reason}")
+                    raise RemoteProtocolError(f"peer closed the connection: {msg.reason!r}")
                 raise RemoteProtocolError(f"unexpected message {msg.TAG!r} from peer")
             events.append(Received(msg, payload))
         return events
@@ -161,7 +169,7 @@ class Connection:
             msg = decode_meta(meta)
             if isinstance(msg, Error):
                 self.state = State.CLOSED
-                raise RemoteProtocolError(f"peer refused the connection: {msg.reason}")
+                raise RemoteProtocolError(f"peer refused the connection: {msg.reason!r}")
             if isinstance(msg, Hello):
                 self._on_hello(msg, meta)
             elif isinstance(msg, Auth):
@@ -180,8 +188,11 @@ class Connection:
         if hello.version != PROTOCOL_VERSION:
             raise VersionMismatchError(
                 f"protocol version mismatch: this {self._hello.role} speaks version "
-                f"{PROTOCOL_VERSION}, the peer {hello.role} speaks version {hello.version}"
+                f"{PROTOCOL_VERSION}, the peer {hello.role[:100]!r} speaks version "
+                f"{hello.version}"
             )
+        if hello.role not in ROLES:  # checked here so that later messages may name it bare
+            raise RemoteProtocolError(f"unknown role {hello.role[:100]!r} in hello")
         self.peer = hello
         self._peer_hello_meta = meta
         if self.client:
@@ -210,7 +221,8 @@ class Connection:
         # claims our own role must not be able to send our proof back to us.
         if not auth.verify(self._token, self._side(not self.client), self._transcript(), msg.mac):
             raise AuthenticationError(
-                f"authentication failed: {self.peer.role} {self.peer.id!r} does not hold the token"
+                f"authentication failed: {self.peer.role} {self.peer.id[:100]!r} does not hold "
+                "the token"
             )
         if not self.client:
             self._send_proof()

@@ -95,6 +95,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit when the driver has been silent this many seconds (default 5)",
     )
     p.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a connection may take to authenticate (TLS included) before it is "
+        "closed (default 5)",
+    )
+    p.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=64,
+        help="open connections one host may have to the data port (default 64)",
+    )
+    tls = p.add_argument_group(
+        "TLS",
+        "all three, or none: both ports then speak TLS and every peer must present a "
+        "certificate signed by the CA",
+    )
+    tls.add_argument("--tls-ca-file", metavar="FILE", help="the cluster CA's certificate (PEM)")
+    tls.add_argument("--tls-cert", metavar="FILE", help="this worker's certificate chain (PEM)")
+    tls.add_argument("--tls-key", metavar="FILE", help="its private key (PEM, mode 600)")
+    p.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -118,18 +139,30 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("adrizzle.worker")
 
     from adrizzle.api.engine import parse_address  # after logging: keep --help fast
+    from adrizzle.wire.tls import TlsConfig, TlsConfigError
 
     try:
         host, port = parse_address(args.driver, 7077)
+        data_listen = parse_address(args.data_listen) if args.data_listen else None
         token = auth.resolve_token(None, args.token_file)
-    except (ValueError, auth.TokenError) as exc:
+        tls = TlsConfig.from_options(args.tls_ca_file, args.tls_cert, args.tls_key, flag_style=True)
+    except (ValueError, auth.TokenError, TlsConfigError) as exc:
         log.error("%s", exc)
         return 2
     if token is None:
+        # A worker never runs without a token, whatever it binds to: its data port would
+        # otherwise take shuffle blocks (pickles) from anyone who can reach it.
         log.error("no token: pass --token-file FILE or set %s", auth.TOKEN_ENV)
         return 2
-    if args.cores < 1:
-        log.error("--cores must be at least 1")
+    for flag, value in (
+        ("--cores", args.cores),
+        ("--max-connections-per-address", args.max_connections_per_address),
+    ):
+        if value < 1:
+            log.error("%s must be at least 1", flag)
+            return 2
+    if not args.handshake_timeout > 0:
+        log.error("--handshake-timeout must be positive")
         return 2
 
     from adrizzle.worker.runtime import WorkerRuntime
@@ -144,11 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         name=name,
         connect_timeout=args.connect_timeout,
         max_frame_bytes=args.max_frame_bytes,
-        data_listen=parse_address(args.data_listen) if args.data_listen else None,
+        data_listen=data_listen,
         shuffle_timeout=args.shuffle_timeout,
         heartbeat_interval=args.heartbeat_interval,
         heartbeat_timeout=args.heartbeat_timeout,
         data_advertise=args.data_advertise,
+        handshake_timeout=args.handshake_timeout,
+        max_connections_per_address=args.max_connections_per_address,
+        tls=tls,
     )
     try:
         import uvloop

@@ -3,7 +3,8 @@
 Each worker listens on a data port; a worker that has blocks for another dials it once
 (lazily) and keeps the connection. Both directions authenticate with the same HMAC handshake
 as the control connection before any frame with a payload is accepted. Frames sent while the
-connection is being made are queued and written once it is open.
+connection is being made are queued and written once it is open. The port is a ``Listener``
+(connection cap per address, failed handshakes logged once per address, optional TLS).
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import TYPE_CHECKING
 from adrizzle.wire import auth
 from adrizzle.wire.channel import Channel
 from adrizzle.wire.connection import Connection
+from adrizzle.wire.listener import Listener, format_address
 from adrizzle.wire.messages import PROTOCOL_VERSION, FetchBlocks, Hello, MapOutputReady, Message
 
 if TYPE_CHECKING:
     from adrizzle.wire.framing import FrameLimits
+    from adrizzle.wire.tls import TlsConfig
 
 log = logging.getLogger("adrizzle.worker")
 
@@ -37,6 +40,8 @@ class PeerLinks:
         on_message: OnData,
         handshake_timeout: float = 10.0,
         on_link_lost: Callable[[str, str], None] | None = None,
+        max_connections_per_address: int = 64,
+        tls: TlsConfig | None = None,
     ) -> None:
         self._on_link_lost = on_link_lost
         self._closing = False
@@ -45,11 +50,17 @@ class PeerLinks:
         self._limits = limits
         self._on_message = on_message
         self._handshake_timeout = handshake_timeout
-        self._server: asyncio.Server | None = None
+        self._client_tls = tls.client_context() if tls is not None else None
+        self._listener = Listener(
+            lambda: self._channel(False),
+            name="data port",
+            log=log,
+            max_per_address=max_connections_per_address,
+            tls=tls.server_context() if tls is not None else None,
+        )
         self._links: dict[str, Channel] = {}
         self._pending: dict[str, list[tuple[Message, bytes]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._accepted: set[Channel] = set()
         self.addresses: dict[str, str] = {}
         self.address = ""
 
@@ -61,22 +72,24 @@ class PeerLinks:
             accepts=DATA_MESSAGES,
             limits=self._limits,
         )
-        channel = Channel(
+        return Channel(
             conn,
             on_message=self._on_message,
             on_closed=self._closed,
             handshake_timeout=self._handshake_timeout,
             name=f"{self._name}-data",
         )
-        if not client:
-            self._accepted.add(channel)
-        return channel
 
-    async def start(self, host: str, port: int) -> str:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: self._channel(False), host, port)
-        bound = self._server.sockets[0].getsockname()
-        self.address = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
+    async def start(self, host: str, port: int, advertise_host: str | None = None) -> str:
+        """Listen; return the address other workers are told to dial.
+
+        Bound to a wildcard (``0.0.0.0``, ``::``), the port is advertised with
+        ``advertise_host``: "0.0.0.0" would send every peer to itself.
+        """
+        bound = await self._listener.start(host, port)
+        self.address = bound
+        if advertise_host and host in ("0.0.0.0", "::", ""):
+            self.address = format_address(advertise_host, int(bound.rpartition(":")[2]))
         return self.address
 
     def send(self, worker: str, msg: Message, payload: bytes) -> None:
@@ -102,7 +115,13 @@ class PeerLinks:
             host, port = parse_address(address)
             loop = asyncio.get_running_loop()
             _transport, channel = await asyncio.wait_for(
-                loop.create_connection(lambda: self._channel(True), host, port),
+                loop.create_connection(
+                    lambda: self._channel(True),
+                    host,
+                    port,
+                    ssl=self._client_tls,
+                    ssl_handshake_timeout=self._handshake_timeout if self._client_tls else None,
+                ),
                 self._handshake_timeout,
             )
             await asyncio.wait_for(channel.authenticated, self._handshake_timeout)
@@ -124,7 +143,6 @@ class PeerLinks:
             channel.send(msg, payload)
 
     def _closed(self, channel: Channel, exc: BaseException | None) -> None:
-        self._accepted.discard(channel)
         peer = channel.peer.id if channel.peer is not None else None
         for worker, link in list(self._links.items()):
             if link is channel:
@@ -139,8 +157,6 @@ class PeerLinks:
         self._closing = True
         for task in list(self._tasks):
             task.cancel()
-        for channel in [*self._links.values(), *self._accepted]:
+        for channel in list(self._links.values()):
             channel.close()
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        await self._listener.close()

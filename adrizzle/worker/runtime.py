@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,8 @@ from adrizzle.worker.slots import Slot, SlotPool
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+
+    from adrizzle.wire.tls import TlsConfig
 
 log = logging.getLogger("adrizzle.worker")
 
@@ -89,7 +92,7 @@ class WorkerRuntime:
         cores: int,
         name: str,
         connect_timeout: float = 10.0,
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float = 5.0,
         max_frame_bytes: int = 1 << 30,
         data_listen: tuple[str, int] | None = None,
         shuffle_timeout: float = 60.0,
@@ -97,6 +100,8 @@ class WorkerRuntime:
         heartbeat_timeout: float = 5.0,
         drain_timeout: float = 30.0,
         data_advertise: str | None = None,
+        max_connections_per_address: int = 64,
+        tls: TlsConfig | None = None,
     ) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -113,12 +118,16 @@ class WorkerRuntime:
         self.data_listen = data_listen
         self.shuffle_timeout = shuffle_timeout
         self.pool = SlotPool(self._on_slot_message, self._on_slot_lost)
+        self.tls = tls
         self.peers = PeerLinks(
             name=name,
             token=token,
             limits=self.limits,
             on_message=self._on_data_message,
             on_link_lost=self._on_link_lost,
+            handshake_timeout=handshake_timeout,
+            max_connections_per_address=max_connections_per_address,
+            tls=tls,
         )
         self.data_advertise = data_advertise
         # BSP mode: map outputs kept here until fetched, by (job, shuffle stage, reducer worker).
@@ -144,8 +153,9 @@ class WorkerRuntime:
                 shuffle_timeout=self.shuffle_timeout,
                 max_block_bytes=self.limits.max_payload,
             )
-            host, port = self.data_listen or (local_address_towards(self.host, self.port), 0)
-            await self.peers.start(host, port)
+            towards_driver = local_address_towards(self.host, self.port)
+            host, port = self.data_listen or (towards_driver, 0)
+            await self.peers.start(host, port, advertise_host=towards_driver)
             self.channel = await self._connect()
             log.info(
                 "connected to driver %s as %s with %d cores (pid %d)",
@@ -240,9 +250,15 @@ class WorkerRuntime:
                     ),
                     self.host,
                     self.port,
+                    ssl=self.tls.client_context() if self.tls else None,
+                    ssl_handshake_timeout=self.handshake_timeout if self.tls else None,
                 ),
                 self.connect_timeout,
             )
+        except ssl.SSLError as exc:
+            raise WorkerStartError(
+                f"TLS handshake with driver {self.driver_url} failed: {exc}"
+            ) from None
         except (OSError, TimeoutError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
             raise WorkerStartError(
@@ -254,7 +270,10 @@ class WorkerRuntime:
             msg = f"authentication with driver {self.driver_url} failed: {exc}"
             raise WorkerStartError(msg) from None
         except ProtocolError as exc:
-            raise WorkerStartError(f"driver {self.driver_url} refused us: {exc}") from None
+            hint = ""
+            if self.tls is None and isinstance(exc, ConnectionClosed) and exc.by_peer:
+                hint = " (if the driver requires TLS, pass --tls-ca-file, --tls-cert, --tls-key)"
+            raise WorkerStartError(f"driver {self.driver_url} refused us: {exc}{hint}") from None
         return channel
 
     # -- driver -> worker ----------------------------------------------------------------

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from adrizzle.wire.auth import TOKEN_ENV
 from adrizzle.wire.channel import Channel
 from adrizzle.wire.connection import Connection
 from adrizzle.wire.messages import (
@@ -59,8 +60,10 @@ class SlotPool:
     ) -> None:
         loop = asyncio.get_running_loop()
         # A fixed hash seed in every slot of the cluster: shuffle keys that fall back to hash()
-        # (see adrizzle.api.partitioning) then pick the same reducer in every process.
-        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        # (see adrizzle.api.partitioning) then pick the same reducer in every process. The
+        # cluster token stays out of the slots: they never dial anyone, and user code runs there.
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
+        env["PYTHONHASHSEED"] = "0"
         for index in range(n):
             ours, theirs = socket.socketpair()
             try:

@@ -60,7 +60,9 @@ def test_help_documents_every_flag() -> None:
         [*worker_command(), "--help"], capture_output=True, text=True, check=True
     ).stdout
     for flag in ("--cores", "--token-file", "--name", "--connect-timeout", "--log-level",
-                 "--log-json", "--max-frame-bytes", "ADRIZZLE_AUTH_TOKEN"):  # fmt: skip
+                 "--log-json", "--max-frame-bytes", "ADRIZZLE_AUTH_TOKEN", "--data-listen",
+                 "--handshake-timeout", "--max-connections-per-address", "--tls-ca-file",
+                 "--tls-cert", "--tls-key"):  # fmt: skip
         assert flag in out
 
 
@@ -118,6 +120,46 @@ async def test_missing_or_exposed_token_is_refused(tmp_path: Path) -> None:
     code, err = await wait_exit(spawn("tcp://127.0.0.1:1", "--token-file", str(token_file)))
     assert code == 2
     assert "chmod 600" in err
+
+
+async def test_no_token_is_refused_whatever_the_data_port_binds_to() -> None:
+    # A public data port without a token would take shuffle blocks (pickles) from anyone.
+    proc = spawn("tcp://127.0.0.1:1", "--data-listen", "0.0.0.0:0", token=None)
+    code, err = await wait_exit(proc)
+    assert code == 2
+    assert "no token" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max-connections-per-address", "0", "--max-connections-per-address must be at least 1"),
+        ("--handshake-timeout", "0", "--handshake-timeout must be positive"),
+        ("--data-listen", "host:port", "port must be a number"),
+    ],
+)
+async def test_bad_limits_are_refused_at_start(flag: str, value: str, message: str) -> None:
+    code, err = await wait_exit(spawn("tcp://127.0.0.1:1", flag, value))
+    assert code == 2
+    assert message in err
+
+
+def test_engine_refuses_an_exposed_token_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ADRIZZLE_AUTH_TOKEN", raising=False)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o640)
+    with pytest.raises(adrizzle.errors.AdrizzleError, match="chmod 600"):
+        adrizzle.Engine(listen="10.1.2.3:7077", token_file=str(token_file))
+    token_file.chmod(0o600)
+    assert adrizzle.Engine(listen="10.1.2.3:7077", token_file=str(token_file)).token == TOKEN
+    monkeypatch.setenv("ADRIZZLE_AUTH_TOKEN", "from-env")
+    assert adrizzle.Engine(listen="10.1.2.3:7077").token == "from-env"
+    monkeypatch.delenv("ADRIZZLE_AUTH_TOKEN")
+    with pytest.raises(adrizzle.errors.AdrizzleError, match="without a token"):
+        adrizzle.Engine(listen="10.1.2.3:7077")
 
 
 async def test_token_file_and_json_logs(tmp_path: Path) -> None:
@@ -235,3 +277,26 @@ def test_one_log_line_on_connect_on_loss_and_on_exit(tmp_path: Path) -> None:
     lines = err_plain.splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("adrizzle-worker: WARNING lost the driver")
+
+
+async def test_wildcard_data_listen_advertises_a_reachable_address() -> None:
+    # Bound to 0.0.0.0 (a container, a firewall rule on a fixed port), the worker must not
+    # tell the others to dial 0.0.0.0, which would connect each of them to itself.
+    async with adrizzle.Engine(listen="127.0.0.1:0", token=TOKEN) as engine:
+        proc = spawn(f"tcp://{engine.address}", "--cores", "1", "--data-listen", "0.0.0.0:0")
+        await engine.wait_for_workers(1, timeout=30)
+        [info] = engine.workers
+        host, _, port = info["data_address"].rpartition(":")
+        assert host == "127.0.0.1"  # the address that reaches this (loopback) driver
+        assert int(port) > 0
+    code, err = await wait_exit(proc)
+    assert code == 0, err
+
+
+async def test_slots_do_not_inherit_the_token() -> None:
+    async with adrizzle.Engine.local(workers=1, cores=1) as engine:
+        data = engine.parallelize([0], partitions=1)
+        [[seen]] = await engine.run_jobs(
+            [data], lambda _it: os.environ.get("ADRIZZLE_AUTH_TOKEN"), timeout=30
+        )
+        assert seen is None

@@ -301,7 +301,7 @@ def test_wrong_token_is_refused_and_server_never_proves_itself() -> None:
     with pytest.raises(LocalProtocolError, match="closed"):
         server.receive_data(b"")
     # The client learns why, and is closed too.
-    with pytest.raises(RemoteProtocolError, match="peer refused the connection: authentication"):
+    with pytest.raises(RemoteProtocolError, match=r"peer refused the connection: .authentication"):
         client.receive_data(out)
     assert client.state is State.CLOSED
     assert client.data_to_send() == b""  # no error frame answering an error frame
@@ -399,7 +399,7 @@ def test_second_hello_is_refused() -> None:
 def test_error_frame_during_handshake() -> None:
     client = make_client()
     client.initiate()
-    with pytest.raises(RemoteProtocolError, match="peer refused the connection: go away"):
+    with pytest.raises(RemoteProtocolError, match="peer refused the connection: 'go away"):
         client.receive_data(encode_frame(encode_meta(Error("go away"))))
     assert client.state is State.CLOSED
     assert client.data_to_send() == b""
@@ -583,7 +583,7 @@ def test_handshake_messages_after_open_are_refused() -> None:
 
 def test_peer_error_after_open_closes_without_answering() -> None:
     client, _server = open_pair()
-    with pytest.raises(RemoteProtocolError, match="peer closed the connection: shutting down"):
+    with pytest.raises(RemoteProtocolError, match="peer closed the connection: 'shutting down"):
         client.receive_data(encode_frame(encode_meta(Error("shutting down"))))
     assert client.state is State.CLOSED
     assert client.data_to_send() == b""
