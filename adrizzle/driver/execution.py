@@ -155,6 +155,9 @@ class RunExecution:
                 self.sched.redo[:10],
             )
             self._abandon(aborted)
+            for group in in_flight:  # retired ones (all results in, ack lost) too
+                if group not in self.sched.in_flight:
+                    self._routes.pop(group, None)
             if not aborted:
                 self._metrics.recoveries += 1
             self._progress_at = time.perf_counter()

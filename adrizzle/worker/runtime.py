@@ -361,11 +361,19 @@ class WorkerRuntime:
     def _serve_fetch(
         self, fetch: FetchBlocks, send: Callable[[MapOutputReady, bytes], None]
     ) -> None:
-        for job in range(fetch.first_job, fetch.last_job):
-            for shuffle in fetch.shuffles:
-                key = (fetch.group, job, shuffle, fetch.worker)
-                for msg, payload in self._held.pop(key, []):
-                    send(dataclasses.replace(msg, hold=0), payload)
+        # Walk what is held, not the requested range: its size is the peer's to choose.
+        shuffles = set(fetch.shuffles)
+        wanted = sorted(
+            key
+            for key in self._held
+            if key[0] == fetch.group
+            and fetch.first_job <= key[1] < fetch.last_job
+            and key[2] in shuffles
+            and key[3] == fetch.worker
+        )
+        for key in wanted:
+            for msg, payload in self._held.pop(key):
+                send(dataclasses.replace(msg, hold=0), payload)
 
     def _on_link_lost(self, peer: str, reason: str) -> None:
         log.warning("data link to worker %s lost: %s", peer, reason)
