@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 
 import adrizzle
+from adrizzle.progress import progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peers import bench_peers
@@ -291,13 +292,16 @@ def main() -> None:
     names = list(BENCHES) if args.bench == "all" else [args.bench]
     RESULTS.mkdir(exist_ok=True)
     summary = {"machine": machine(), "results": []}
-    for name in names:
-        result = adrizzle.run(BENCHES[name](args))
-        text = "\n".join([f"_{machine()}_", "", *result.pop("lines")])
-        (RESULTS / f"{name}.md").write_text(text + "\n")
-        if not args.json:
-            print(text, flush=True)
-        summary["results"].append(result)
+    with progress(total=len(names), desc="benchmarks", quiet=args.json) as bar:
+        for name in names:
+            bar.set_postfix_str(name)
+            result = adrizzle.run(BENCHES[name](args))
+            text = "\n".join([f"_{machine()}_", "", *result.pop("lines")])
+            (RESULTS / f"{name}.md").write_text(text + "\n")
+            if not args.json:
+                print(text, flush=True)
+            summary["results"].append(result)
+            bar.update()
     if args.json:
         print(json.dumps(summary))
 
