@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from adrizzle.api.dataset import Dataset, split_evenly
 from adrizzle.api.program import FunctionSource, JobProgram, ShippedSource
+from adrizzle.driver.adaptive import GroupSize, resolve_group_size
 from adrizzle.driver.blocks import BlockRegistry
 from adrizzle.driver.cluster import Cluster, WorkerHandle
 from adrizzle.driver.execution import RunExecution, run_waves
@@ -40,6 +41,7 @@ from adrizzle.wire.messages import (
 from adrizzle.wire.tls import TlsConfig
 
 if TYPE_CHECKING:
+    from adrizzle.driver.adaptive import GroupTiming
     from adrizzle.status.server import StatusServer
 
 log = logging.getLogger("adrizzle.driver")
@@ -316,7 +318,7 @@ class Engine:
         self,
         datasets: Sequence[Dataset],
         funcs: Func | Sequence[Func],
-        group_size: int = 1,
+        group_size: GroupSize = 1,
         *,
         pre_schedule: bool = True,
         return_exceptions: bool = False,
@@ -327,6 +329,8 @@ class Engine:
 
         If a job's user code raises, the other jobs still run to completion, then the first
         ``TaskError`` is raised (or, with ``return_exceptions=True``, stands in its place).
+        ``group_size="auto"`` (or an ``AdaptiveGroupSize``) adapts the size per group to the
+        measured coordination overhead (DESIGN.md section 6; see ``statistics()``).
         Jobs with shuffles are pre-scheduled: reducers are placed with the map tasks and map
         outputs are pushed to them; ``pre_schedule=False`` runs them Spark's way (BSP).
         """
@@ -353,7 +357,7 @@ class Engine:
         self,
         datasets: Sequence[Dataset],
         funcs: Func | Sequence[Func],
-        group_size: int = 1,
+        group_size: GroupSize = 1,
         *,
         pre_schedule: bool = True,
         return_exceptions: bool = False,
@@ -375,14 +379,13 @@ class Engine:
         self,
         datasets: Sequence[Dataset],
         funcs: Func | Sequence[Func],
-        group_size: int,
+        group_size: GroupSize,
         pre_schedule: bool,
     ) -> RunExecution:
         programs = self._programs(datasets, funcs)
         if not self._started or self._closed:
             raise AdrizzleError("the engine is not running: use 'async with' or await start()")
-        if not isinstance(group_size, int) or group_size < 1:
-            raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+        group_size, controller = resolve_group_size(group_size)
         if not self._cluster.workers:
             await self.wait_for_workers(1, timeout=self.worker_timeout)
         handles = sorted(self._cluster.workers.values(), key=lambda h: h.id)
@@ -402,7 +405,15 @@ class Engine:
             group_ids=self._group_ids,
             waves=len(run_waves(programs[0], pre_schedule)) if programs else 1,
             slots=slots,
+            next_group_size=controller.next_size if controller is not None else None,
         )
+        observe_group = None
+        if controller is not None:
+            metrics = self._metrics
+
+            def observe_group(timing: GroupTiming) -> None:
+                metrics.group_observed(controller.observe(timing))
+
         run = RunExecution(
             scheduler=scheduler,
             programs=programs,
@@ -417,6 +428,7 @@ class Engine:
             stage_partitions=[s.partitions for s in stages],
             no_workers_timeout=self.no_workers_timeout,
             stall_timeout=self.stall_timeout,
+            observe_group=observe_group,
         )
         self._runs.add(run)
         try:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import cloudpickle
 
 from adrizzle.api.program import ShippedSource, ShuffleRead, stage_waves
+from adrizzle.driver.adaptive import GroupClock
 from adrizzle.driver.scheduler import interleave_slots, place_partitions
 from adrizzle.errors import (
     AdrizzleError,
@@ -41,9 +42,10 @@ from adrizzle.wire.messages import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from adrizzle.api.program import JobProgram
+    from adrizzle.driver.adaptive import GroupTiming
     from adrizzle.driver.blocks import BlockRegistry
     from adrizzle.driver.cluster import WorkerHandle
     from adrizzle.driver.metrics import DriverMetrics
@@ -87,6 +89,7 @@ class RunExecution:
         stage_partitions: list[int] | None = None,
         no_workers_timeout: float = 30.0,
         stall_timeout: float | None = 60.0,
+        observe_group: Callable[[GroupTiming], None] | None = None,
     ) -> None:
         self.sched = scheduler
         self.programs = programs
@@ -121,6 +124,9 @@ class RunExecution:
         # Monitoring: when the jobs were asked for, and when each job's group was launched.
         self._submitted_at = time.perf_counter()
         self._launched_at: dict[int, float] = {}
+        # Per-group timings for the adaptive group size (only when someone observes them).
+        self._observe_group = observe_group
+        self._clock = GroupClock() if observe_group is not None else None
 
     # -- control -------------------------------------------------------------------------
 
@@ -170,6 +176,8 @@ class RunExecution:
         """Forget aborted groups here and on the workers (their late frames are ignored)."""
         for plan in aborted:
             self._routes.pop(plan.group, None)
+            if self._clock is not None:
+                self._clock.forget(plan.group)
         if aborted:
             self._metrics.recoveries += 1
             cancel = CancelGroups(groups=sorted(p.group for p in aborted))
@@ -271,7 +279,10 @@ class RunExecution:
         if plan.wave == 0:
             self._metrics.group_launched(plan.last_job - plan.first_job)
             self._launched_at.update(dict.fromkeys(plan.jobs, t0))
-        self.coordination_s += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self.coordination_s += t1 - t0
+        if self._clock is not None:
+            self._clock.launched(plan.group, plan.first_job, plan.last_job, t0, t1 - t0)
 
     # -- stimuli from the cluster --------------------------------------------------------
 
@@ -296,6 +307,10 @@ class RunExecution:
                 done += sched.batch_result(worker.id, job, msg.parts, values, failed)
             worker.tasks_done += len(msg.parts) * len(msg.jobs)
             if done:
+                if self._clock is not None:
+                    now = time.perf_counter()
+                    for outcome in done:
+                        self._clock.job_done(outcome.index, now)
                 self._deliver(done)
         elif type(msg) is GroupFailed:
             self._blocks.forget_slot(msg.worker, msg.slot)  # its data may not have loaded
@@ -306,13 +321,23 @@ class RunExecution:
             if msg.pushed_blocks:
                 self._metrics.shuffle_pushed(msg.pushed_blocks, msg.pushed_bytes)
             finished, next_wave = self.sched.group_done(worker.id, msg.group)
+            if self._clock is not None:
+                self._clock.add_coordination(msg.group, time.perf_counter() - t0)
             if next_wave is not None:
                 self._launch(next_wave)
             elif finished:
                 del self._routes[msg.group]
                 self._metrics.group_acked()
+                self._group_finished(msg.group)
                 self._launch_more()
         self.coordination_s += time.perf_counter() - t0
+
+    def _group_finished(self, group: int) -> None:
+        if self._clock is None or self._observe_group is None:
+            return
+        timing = self._clock.finished(group)
+        if timing is not None:
+            self._observe_group(timing)
 
     def on_worker_lost(self, worker: WorkerHandle) -> None:
         """Recover: abort the groups that had work on ``worker``, tell the survivors to drop

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from adrizzle.driver.adaptive import GroupDecision
     from adrizzle.driver.scheduler import JobOutcome
 
 RECENT = 100  # values listed per series
@@ -111,10 +112,29 @@ class DriverMetrics:
         self.scheduling_delay = Histogram()
         self.recent_latency: deque[float] = deque(maxlen=WINDOW)
         self.recent_processing: deque[float] = deque(maxlen=WINDOW)
+        # Adaptive group size: each observed group's size, overhead and the size chosen next.
+        self.group_decisions: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.adaptive_groups_per_size: dict[int, int] = {}
 
     def group_launched(self, size: int) -> None:
         self.groups_launched += 1
         self.group_sizes.append(size)
+
+    def group_observed(self, decision: GroupDecision) -> None:
+        self.group_decisions.append(
+            {
+                "group": decision.group,
+                "size": decision.size,
+                "wall_ms": round(decision.wall_s * 1e3, 3),
+                "coordination_ms": round(decision.coordination_s * 1e3, 3),
+                "dispatch_ms": round(decision.dispatch_s * 1e3, 3),
+                "overhead": round(decision.overhead, 4),
+                "action": decision.action,
+                "next_size": decision.next_size,
+            }
+        )
+        sizes = self.adaptive_groups_per_size
+        sizes[decision.size] = sizes.get(decision.size, 0) + 1
 
     def group_acked(self) -> None:
         self.groups_acked += 1
@@ -203,4 +223,6 @@ class DriverMetrics:
                 "batch_latency_s": latency_hist,
                 "scheduling_delay_s": self.scheduling_delay.snapshot(),
             },
+            "adaptive_groups": list(self.group_decisions),
+            "adaptive_groups_per_size": dict(sorted(self.adaptive_groups_per_size.items())),
         }

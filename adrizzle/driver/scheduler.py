@@ -15,7 +15,7 @@ from adrizzle.api.program import TaskFailure
 from adrizzle.errors import TaskError, WorkerLostError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
 
 @dataclasses.dataclass(frozen=True, slots=True, order=True)
@@ -96,7 +96,11 @@ def interleave_slots(workers: Iterable[tuple[str, int]]) -> list[SlotRef]:
 
 
 class RunScheduler:
-    """Plans groups of ``group_size`` consecutive jobs, keeps ``window`` of them in flight."""
+    """Plans groups of ``group_size`` consecutive jobs, keeps ``window`` of them in flight.
+
+    With ``next_group_size`` (the adaptive controller's hook) each group's size is asked for
+    when the group is planned; ``group_size`` is then the largest it may answer.
+    """
 
     def __init__(
         self,
@@ -109,6 +113,7 @@ class RunScheduler:
         group_ids: Iterator[int],
         waves: int = 1,
         slots: list[SlotRef] | None = None,
+        next_group_size: Callable[[], int] | None = None,
     ) -> None:
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -126,6 +131,7 @@ class RunScheduler:
         self.redo: list[int] = []
         self._regrow: int | None = None
         self.recoveries = 0
+        self.next_group_size = next_group_size
         self._group_ids = group_ids
         self.next_job = 0
         self.in_flight: dict[int, _GroupState] = {}
@@ -153,10 +159,11 @@ class RunScheduler:
             first = self.redo.pop(0)
             last = first + 1
         else:
-            size = group_size or self.group_size
+            target = group_size or self._planned_size()
+            size = target
             if self._regrow is not None:
                 size = min(size, self._regrow)
-                self._regrow = None if size >= self.group_size else size * 2
+                self._regrow = None if size >= target else size * 2
             first = self.next_job
             last = min(first + size, self.n_jobs)
             self.next_job = last
@@ -167,6 +174,14 @@ class RunScheduler:
             self._remaining[job] = self.partitions
         self.groups_launched += 1
         return plan
+
+    def _planned_size(self) -> int:
+        if self.next_group_size is None:
+            return self.group_size
+        size = self.next_group_size()
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"the group size hook answered {size!r}, not a positive int")
+        return min(size, self.group_size)
 
     def batch_result(
         self, worker: str, job: int, parts: list[int], values: list[Any], failed: int
