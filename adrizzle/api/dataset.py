@@ -18,6 +18,7 @@ from adrizzle.api.program import (
     MAP,
     MAP_PARTITIONS,
     REDUCE,
+    STATEFUL,
     Action,
     FunctionSource,
     JobProgram,
@@ -26,6 +27,7 @@ from adrizzle.api.program import (
     ShuffleWrite,
     Source,
     StageProgram,
+    StateUpdate,
     Step,
 )
 
@@ -98,6 +100,15 @@ class Dataset:
 
     def map_partitions(self, func: Callable[[Iterator[Any]], Iterable[Any]]) -> Dataset:
         return self._narrow(MAP_PARTITIONS, func)
+
+    def with_state(self, update: StateUpdate) -> Dataset:
+        """A stateful step: ``update`` runs on each partition with that partition's state, which
+        stays in the slot the partition is pinned to (streams build these; see ``Stream``)."""
+        if not isinstance(update, StateUpdate):
+            raise TypeError(f"with_state() needs a StateUpdate, got {type(update).__name__}")
+        return Dataset(
+            self.engine, partitions=self.partitions, parent=self, kind=STATEFUL, func=update
+        )
 
     # -- wide transformations (a shuffle, then a new stage) ---------------------------------
 

@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from adrizzle.api.dataset import Dataset, split_evenly
@@ -41,6 +41,7 @@ from adrizzle.wire.messages import (
 from adrizzle.wire.tls import TlsConfig
 
 if TYPE_CHECKING:
+    from adrizzle.api.stream import Stream
     from adrizzle.driver.adaptive import GroupTiming
     from adrizzle.status.server import StatusServer
 
@@ -310,6 +311,55 @@ class Engine:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
         return Dataset(
             self, partitions=partitions, source=FunctionSource(self._new_node_id(), func)
+        )
+
+    def stream(
+        self,
+        source: Callable[[int, int], Iterable[Any]],
+        partitions: int | None = None,
+        *,
+        batch_interval: float | None = None,
+        start: float | None = None,
+        batches: int | None = None,
+    ) -> Stream:
+        """A stream of micro-batches: batch ``b``'s partition ``p`` is ``source(b, p)``, read on
+        the slot that owns ``p`` (deterministic and replayable, like a log read from an offset).
+
+        With ``batch_interval`` T, batch ``b`` covers wall-clock time ``[start + bT,
+        start + (b+1)T)`` and is read once that interval is over (``start``: epoch seconds,
+        default the first run's start). ``batches``: the source's length (default unbounded);
+        when a bounded source ends, every open window closes. See ``adrizzle.api.stream``.
+        """
+        from adrizzle.api.stream import Stream
+
+        return Stream.from_source(
+            self,
+            source,
+            partitions or self._default_partitions(),
+            batch_interval=batch_interval,
+            start=start,
+            batches=batches,
+        )
+
+    def stream_from(
+        self,
+        items: AsyncIterable[Any],
+        partitions: int | None = None,
+        *,
+        batch_interval: float = 0.05,
+        max_batch: int = 100_000,
+    ) -> Stream:
+        """A stream of the items of an async iterator (live input): every ``batch_interval``
+        seconds (or ``max_batch`` items) what arrived becomes one micro-batch, shipped to the
+        slots split into ``partitions``. Ends when the iterator does."""
+        from adrizzle.api.stream import Stream
+
+        return Stream.from_async(
+            self,
+            items,
+            partitions or self._default_partitions(),
+            batch_interval=batch_interval,
+            max_batch=max_batch,
         )
 
     # -- jobs ----------------------------------------------------------------------------

@@ -7,12 +7,15 @@ partition from a source (``ShippedSource``/``FunctionSource``) or from the shuff
 ``reduce_by_key``) or, in the last stage, hands the iterator to the job's action.
 
 Slots keep a block store keyed by ``(node_id, partition)`` holding shipped source partitions and
-cached results. Everything here is plain functions over plain data: no I/O.
+cached results, and a state store keyed by ``(state_id, partition)`` holding the per-partition
+state of stateful steps (``StateUpdate``), which lives in the slot across groups and runs and is
+never shipped. Everything here is plain functions over plain data: no I/O.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -21,11 +24,67 @@ from typing import Any
 from adrizzle.api.partitioning import portable_hash
 
 BlockStore = dict[tuple[int, int], list[Any]]
+StateStore = dict[tuple[int, int], "PartitionState"]
 Action = Callable[[Iterator[Any]], Any]
 
 MAP, FILTER, FLAT_MAP, MAP_PARTITIONS = "map", "filter", "flat_map", "map_partitions"
 NARROW_KINDS = (MAP, FILTER, FLAT_MAP, MAP_PARTITIONS)
 REDUCE, GROUP, JOIN = "reduce_by_key", "group_by_key", "join"
+STATEFUL = "stateful"
+
+
+class StateOrderError(RuntimeError):
+    """A stateful step saw its micro-batches out of order, or its state is missing."""
+
+
+@dataclass(slots=True)
+class PartitionState:
+    """One partition's state of one stateful step, kept by the slot that owns the partition."""
+
+    data: dict[Any, Any]
+    batch: int  # the last micro-batch applied
+
+
+@dataclass(frozen=True, slots=True)
+class StateUpdate:
+    """A stateful step: for micro-batch ``b = run_first + job``, ``func(state, items, b, last)``
+    updates the partition's ``state`` dict in place and returns the step's output items
+    (``last``: ``b`` is the stream's last batch, so windows flush what is still open).
+
+    Batches apply in order, each once: the slot runs a partition's micro-batches lowest first,
+    and this refuses a batch not after the last one applied. State that should exist but does
+    not (the partition moved to a slot that never saw it) is an error, never a silent restart.
+    """
+
+    state_id: int
+    first_batch: int  # the stream's first batch: the only one that may create the state
+    run_first: int  # the batch of the run's job 0
+    func: Callable[[dict[Any, Any], Iterator[Any], int, bool], Iterable[Any]]
+    last_batch: int | None = None  # the stream's last batch, when it is bounded
+
+    def __call__(
+        self, states: StateStore, partition: int, it: Iterator[Any], job: int = 0
+    ) -> Iterator[Any]:
+        batch = self.run_first + job
+        key = (self.state_id, partition)
+        cell = states.get(key)
+        if cell is None:
+            if batch != self.first_batch:
+                raise StateOrderError(
+                    f"state {self.state_id} of partition {partition} is not on this slot at "
+                    f"micro-batch {batch} (the stream started at {self.first_batch}): the "
+                    "partition moved or its slot restarted"
+                )
+            cell = states[key] = PartitionState({}, batch - 1)
+        if batch <= cell.batch:
+            raise StateOrderError(
+                f"state {self.state_id} of partition {partition}: micro-batch {batch} "
+                f"arrived after {cell.batch} was applied"
+            )
+        # Materialized: the state must be updated even if the action reads part of the output.
+        out = list(self.func(cell.data, it, batch, batch == self.last_batch))
+        cell.batch = batch
+        return iter(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +93,10 @@ class ShippedSource:
 
     node_id: int
 
-    def read(self, partition: int, store: BlockStore) -> Iterator[Any]:
+    def ready_at(self, job: int) -> float | None:
+        return None
+
+    def read(self, partition: int, store: BlockStore, job: int = 0) -> Iterator[Any]:
         try:
             return iter(store[(self.node_id, partition)])
         except KeyError:
@@ -51,11 +113,44 @@ class FunctionSource:
     node_id: int
     func: Callable[[int], Iterable[Any]]
 
-    def read(self, partition: int, store: BlockStore) -> Iterator[Any]:
+    def ready_at(self, job: int) -> float | None:
+        return None
+
+    def read(self, partition: int, store: BlockStore, job: int = 0) -> Iterator[Any]:
         return iter(self.func(partition))
 
 
-Source = ShippedSource | FunctionSource
+@dataclass(frozen=True, slots=True)
+class BatchSource:
+    """A stream's source: partition ``p`` of job ``j`` is ``func(first_batch + j, p)``, read on
+    the slot. One program serves every micro-batch of a run (the slot supplies the job index),
+    so a group pickles and unpickles it once, whatever its size.
+
+    Paced (``interval`` seconds from ``start``, epoch seconds): batch ``b``'s data exists from
+    ``start + (b + 1) * interval``; until then the slot runs other ready tasks.
+    """
+
+    node_id: int
+    func: Callable[[int, int], Iterable[Any]]
+    first_batch: int
+    interval: float | None = None
+    start: float | None = None
+
+    def ready_at(self, job: int) -> float | None:
+        if self.interval is None or self.start is None:
+            return None
+        return self.start + (self.first_batch + job + 1) * self.interval
+
+    def read(self, partition: int, store: BlockStore, job: int = 0) -> Iterator[Any]:
+        due = self.ready_at(job)
+        if due is not None:  # the slot waits for it; this only guards a forced early run
+            wait = due - time.time()
+            if wait > 0:
+                time.sleep(wait)
+        return iter(self.func(self.first_batch + job, partition))
+
+
+Source = ShippedSource | FunctionSource | BatchSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +251,16 @@ class StageProgram:
     steps: tuple[Step, ...]
     output: ShuffleWrite | None  # None: the job's result stage
 
-    def compute(self, partition: int, store: BlockStore, inputs: Iterator[Any] | None) -> Any:
-        """The stage's output iterator for ``partition`` (``inputs``: the shuffle read)."""
+    def compute(
+        self,
+        partition: int,
+        store: BlockStore,
+        inputs: Iterator[Any] | None,
+        states: StateStore | None = None,
+        job: int = 0,
+    ) -> Any:
+        """The stage's output iterator for ``partition`` of job ``job`` (``inputs``: the
+        shuffle read; ``states``: the slot's state store, for stateful steps)."""
         steps = self.steps
         it: Iterator[Any] | None = None
         start = 0
@@ -173,8 +276,13 @@ class StageProgram:
                 it = inputs
             else:
                 assert not isinstance(self.input, ShuffleRead)
-                it = self.input.read(partition, store)
+                it = self.input.read(partition, store, job)
         for step in steps[start:]:
+            if step.kind == STATEFUL:
+                if states is None:
+                    raise StateOrderError("a stateful step needs the slot's state store")
+                it = step.func(states, partition, it, job)
+                continue
             it = _apply(step.kind, step.func, it)
             if step.cache:
                 block = list(it)

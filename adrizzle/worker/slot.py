@@ -29,6 +29,7 @@ from adrizzle.api.program import (
     JobProgram,
     ShuffleRead,
     StageProgram,
+    StateStore,
     TaskFailure,
 )
 from adrizzle.wire.framing import FrameDecoder, FrameLimits, encode_frame
@@ -203,6 +204,8 @@ class SlotProcess:
         self.decoder = FrameDecoder(TRUSTED_LIMITS)
         self.sender = ResultSender(sock)
         self.store: BlockStore = {}
+        # Per-partition state of stateful steps (streams), kept across groups like the store.
+        self.states: StateStore = {}
         self.queue: collections.deque[tuple[RunTasks, bytes]] = collections.deque()
         # (group, job, shuffle stage, reduce partition) -> {map partition: block}. The group
         # id is the attempt: a re-run after a worker loss never mixes with the old outputs.
@@ -291,6 +294,8 @@ class SlotProcess:
         for node_id in msg.release:
             for key in [k for k in self.store if k[0] == node_id]:
                 del self.store[key]
+            for state_key in [k for k in self.states if k[0] == node_id]:
+                del self.states[state_key]
         view = memoryview(payload)
         try:
             # Data first: the driver counts it as shipped, so a bad program must not lose it.
@@ -341,6 +346,13 @@ class SlotProcess:
         while pending:
             index = next((i for i, t in enumerate(pending) if self.ready(programs, msg, t)), -1)
             if index < 0:
+                due_in = self.due_in(programs, msg, pending)
+                if due_in is not None:  # waiting for data to exist is not being stuck
+                    stuck_since = None
+                    self.receive(min(due_in, self.shuffle_timeout))
+                    if msg.group in self.cancelled:
+                        return
+                    continue
                 now = time.monotonic()
                 stuck_since = stuck_since or now
                 if now - stuck_since >= self.shuffle_timeout:
@@ -379,15 +391,29 @@ class SlotProcess:
         job, stage_index, p = task
         read = programs[job - msg.first_job].stages[stage_index].input
         if not isinstance(read, ShuffleRead):
-            return True
+            due = read.ready_at(job)
+            return due is None or due <= time.time()
         inbox, group = self.inbox, msg.group
         return all(len(inbox.get((group, job, s, p), ())) >= maps for s, maps in read.shuffles)
+
+    def due_in(
+        self, programs: list[JobProgram], msg: RunTasks, pending: list[tuple[int, int, int]]
+    ) -> float | None:
+        """Seconds until the earliest pending source task's data is due, if one waits for it."""
+        due = None
+        for job, stage_index, _p in pending:
+            read = programs[job - msg.first_job].stages[stage_index].input
+            at = None if isinstance(read, ShuffleRead) else read.ready_at(job)
+            if at is not None and (due is None or at < due):
+                due = at
+        return None if due is None else max(0.0, due - time.time())
 
     def run_result_task(
         self, group: int, job: int, program: JobProgram, stage: StageProgram, p: int
     ) -> Any:
         try:
-            return program.action(stage.compute(p, self.store, self.inputs(group, job, stage, p)))
+            inputs = self.inputs(group, job, stage, p)
+            return program.action(stage.compute(p, self.store, inputs, self.states, job))
         except UpstreamFailure as exc:
             return exc.failure
         except WorkerGone:
@@ -401,7 +427,9 @@ class SlotProcess:
         assert stage.output is not None
         try:
             blocks: list[Any] = stage.output.split(
-                stage.compute(p, self.store, self.inputs(msg.group, job, stage, p))
+                stage.compute(
+                    p, self.store, self.inputs(msg.group, job, stage, p), self.states, job
+                )
             )
         except UpstreamFailure as exc:
             blocks = [exc.failure] * stage.output.partitions
