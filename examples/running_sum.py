@@ -11,6 +11,12 @@ total is therefore ``sum(range(N*P*K))``.
     python examples/running_sum.py 100 10               # 100 micro-batches in groups of 10
     python examples/running_sum.py 100 1                # the BSP baseline, one batch at a time
     python examples/running_sum.py 100 10 --json        # last line: JSON summary
+    python examples/running_sum.py 200 auto --stream    # the total as stream state, adaptive G
+
+With ``--stream`` the pipeline is an adrizzle stream and the running total is streaming state:
+``update_state`` keeps it in the slot that owns its key, each micro-batch adds its ints there,
+and each batch's output is the total so far (the driver only reads it). ``group_size`` may be
+``auto`` (adaptive group size) in both modes.
 
 Without ``--json`` one line per micro-batch shows its sum, the running total and the ms since
 the previous micro-batch arrived. ``ms_per_batch`` is the wall time of the N micro-batches
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import operator
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +50,11 @@ def at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def group_size_arg(text: str) -> int | str:
+    """An argparse type: ``auto`` or an int >= 1."""
+    return "auto" if text == "auto" else at_least(1)(text)
 
 
 def batch_partition(batch: int, partitions: int, records: int, partition: int) -> range:
@@ -83,6 +95,7 @@ async def running_sum(args: argparse.Namespace) -> dict[str, object]:
             last = now
         elapsed = time.perf_counter() - started
     return {
+        "mode": "jobs",
         "batches": n,
         "group_size": args.group_size,
         "workers": args.workers,
@@ -95,12 +108,72 @@ async def running_sum(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def stream_source(partitions: int, records: int, batch: int, partition: int) -> range:
+    return batch_partition(batch, partitions, records, partition)
+
+
+def to_total_key(x: int) -> tuple[str, int]:
+    return ("total", x)
+
+
+def add_to_total(values: list[int], total: int | None) -> int:
+    return (total or 0) + sum(values)
+
+
+async def stream_running_sum(args: argparse.Namespace) -> dict[str, object]:
+    """The running total as ``update_state`` state on the slots, never shipped per batch."""
+    n, p, k = args.batches, args.partitions, args.records
+    async with adrizzle.Engine.local(workers=args.workers, cores=args.cores) as engine:
+
+        def totals() -> adrizzle.Stream:
+            source = functools.partial(stream_source, p, k)
+            stream = engine.stream(source, partitions=p)
+            return stream.map(to_total_key).update_state(add_to_total, combine=operator.add)
+
+        if args.warmup:  # its own stream: its state is separate from the measured one
+            await totals().drain(args.warmup, timeout=args.timeout)
+        total = 0
+        delivered = 0
+        started = last = time.perf_counter()
+        run = totals().run(n, group_size=args.group_size, timeout=args.timeout)
+        async for update in run:
+            if update.batch != delivered:
+                raise RuntimeError(f"micro-batch {update.batch} arrived, expected {delivered}")
+            delivered += 1
+            # One key: the batch's output is the total so far (empty if no int was added).
+            new_total = update.values[0][1] if update.values else total
+            batch_sum, total = new_total - total, new_total
+            now = time.perf_counter()
+            if not args.json:
+                print(
+                    f"batch {update.batch:5d}: sum {batch_sum:>14d}  running total {total:>18d}  "
+                    f"{(now - last) * 1e3:8.3f} ms"
+                )
+            last = now
+        elapsed = time.perf_counter() - started
+    return {
+        "mode": "stream",
+        "batches": n,
+        "group_size": args.group_size,
+        "workers": args.workers,
+        "cores": args.cores,
+        "partitions": p,
+        "records": k,
+        "ms_per_batch": elapsed / n * 1e3,
+        "batches_completed": delivered,
+        "final_sum": total,
+        "group_sizes": {str(size): groups for size, groups in run.group_sizes().items()},
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("batches", type=at_least(1), help="number of micro-batches N")
-    parser.add_argument("group_size", type=at_least(1), help="micro-batches per group G")
+    parser.add_argument(
+        "group_size", type=group_size_arg, help="micro-batches per group G, or auto"
+    )
     parser.add_argument("--workers", type=at_least(1), default=2, help="local worker processes")
     parser.add_argument("--cores", type=at_least(1), default=1, help="slot processes per worker")
     parser.add_argument("--partitions", type=at_least(1), default=4, help="partitions P")
@@ -108,9 +181,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=at_least(0), default=1, help="untimed micro-batches")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for the whole run")
     parser.add_argument("--json", action="store_true", help="print only a JSON summary")
+    parser.add_argument(
+        "--stream", action="store_true", help="keep the total as stream state (update_state)"
+    )
     args = parser.parse_args()
     try:
-        summary = adrizzle.run(running_sum(args))
+        summary = adrizzle.run(stream_running_sum(args) if args.stream else running_sum(args))
     except KeyboardInterrupt:  # the engine has stopped its workers by now
         print("interrupted", file=sys.stderr)
         return 130
