@@ -13,14 +13,17 @@ What a group's overhead is (DESIGN.md section 6, made measurable):
   is the per-group cost the driver cannot see on its own CPU: frames through the workers,
   unpickling the group's programs in the slots, and the hops before the first batch flows.
 
-The overhead fraction is ``overhead / wall`` with ``wall`` the time from the group's start to
-its last result. Above ``upper`` the size grows multiplicatively, below ``lower`` it shrinks
-additively, in between it holds. A decision uses only groups planned at the current size (a
-change takes a window of groups to show) and the median of the last ``samples`` of them, so one
-noisy group does not move the size. When a source paces the batches (a stream waiting for its
-data), results arrive one batch interval apart, the dispatch delay is about one interval minus
-one interval, and the overhead falls: the controller shrinks the group towards ``min_size``,
-where latency is lowest; when the batches fall behind, the per-group costs show and it grows.
+The overhead fraction is ``overhead / active`` where ``active`` is the time the group kept
+the engine working: its wall time (start to last result), but at most the slots' busy time plus
+the overhead. The slots report busy time without the time they waited for a stream's data to be
+due, so a paced stream is judged on the work it did, not on the time it spent waiting: with
+tiny batches coordination dominates and the group grows; with heavy batches it may shrink.
+Groups that run back to back (no waiting) have busy time close to their wall time.
+
+Above ``upper`` the size grows multiplicatively, below ``lower`` it shrinks additively, in
+between it holds. A decision uses only groups planned at the current size (a change takes a
+window of groups to show) and the median of the last ``samples`` of them, so one noisy group
+does not move the size.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class GroupTiming:
     first_done: float  # the group's first job completed
     last_done: float  # the group's last job completed
     coordination_s: float  # driver time spent launching it and handling its acks
+    busy_s: float | None = None  # the busiest slot's time on it, without waiting for data
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -91,9 +95,10 @@ class GroupDecision:
     group: int
     size: int
     wall_s: float
+    active_s: float  # wall_s, or busy time + overhead when that is less
     coordination_s: float
     dispatch_s: float  # dispatch delay beyond one steady-state batch
-    overhead: float  # (coordination_s + dispatch_s) / wall_s, capped at 1
+    overhead: float  # (coordination_s + dispatch_s) / active_s, capped at 1
     action: str  # "grow", "shrink", "hold", "wait" (collecting samples) or "stale"
     next_size: int
 
@@ -139,7 +144,9 @@ class GroupSizeController:
             self.per_batch_s = spacing if prev is None else 0.7 * prev + 0.3 * spacing
         steady = self.per_batch_s if self.per_batch_s is not None else 0.0
         dispatch = max(0.0, (t.first_done - t.start) - steady)
-        overhead = min(1.0, (t.coordination_s + dispatch) / wall) if wall > 0 else 0.0
+        cost = t.coordination_s + dispatch
+        active = wall if t.busy_s is None else min(wall, t.busy_s + cost)
+        overhead = min(1.0, cost / active) if active > 0 else 0.0
         self.sizes_used[t.size] = self.sizes_used.get(t.size, 0) + 1
         action = "stale"
         if t.size == self._size:
@@ -148,7 +155,7 @@ class GroupSizeController:
             if len(self._fractions) >= self.policy.samples:
                 action = self._decide(statistics.median(self._fractions[-self.policy.samples :]))
         decision = GroupDecision(
-            t.group, t.size, wall, t.coordination_s, dispatch, overhead, action, self._size
+            t.group, t.size, wall, active, t.coordination_s, dispatch, overhead, action, self._size
         )
         self.decisions.append(decision)
         return decision
@@ -182,24 +189,44 @@ class GroupSizeController:
 class GroupClock:
     """Collects the timings of one run's groups from the shell's stimuli (times passed in).
 
-    ``launched`` when a group's first wave is sent, ``add_coordination`` for driver time spent
-    on it later (acks), ``job_done`` per completed job, ``finished`` when the group is fully
-    acknowledged: returns its ``GroupTiming`` (None if it produced no result).
+    ``launched`` when a group's first wave is sent (``slots``: how many slots of each worker
+    it uses), ``add_coordination`` for driver time spent on it later (acks), ``worker_busy``
+    with each worker's acknowledged busy time (summed over its slots), ``job_done`` per
+    completed job, ``finished`` when the group is fully acknowledged: returns its
+    ``GroupTiming`` (None if it produced no result).
     """
 
     def __init__(self) -> None:
-        self._groups: dict[int, list[Any]] = {}  # group -> [first, last, start, first, last, cpu]
+        # group -> [first job, last job, start, first done, last done, cpu, slots, busy]
+        self._groups: dict[int, list[Any]] = {}
         self._job_group: dict[int, int] = {}
         self._last_done: float | None = None
 
-    def launched(self, group: int, first_job: int, last_job: int, now: float, cpu_s: float) -> None:
+    def launched(
+        self,
+        group: int,
+        first_job: int,
+        last_job: int,
+        now: float,
+        cpu_s: float,
+        slots: dict[str, int] | None = None,
+    ) -> None:
         state = self._groups.get(group)
         if state is not None:
             state[5] += cpu_s  # a later wave of a BSP group
             return
-        self._groups[group] = [first_job, last_job, now, None, None, cpu_s]
+        self._groups[group] = [first_job, last_job, now, None, None, cpu_s, slots or {}, None]
         for job in range(first_job, last_job):
             self._job_group[job] = group
+
+    def worker_busy(self, group: int, worker: str, busy_s: float) -> None:
+        """A worker acknowledged the group: keep the busiest slot's time (per-slot average)."""
+        state = self._groups.get(group)
+        if state is None:
+            return
+        per_slot = busy_s / max(1, state[6].get(worker, 1))
+        if state[7] is None or per_slot > state[7]:
+            state[7] = per_slot
 
     def add_coordination(self, group: int, cpu_s: float) -> None:
         state = self._groups.get(group)
@@ -223,8 +250,8 @@ class GroupClock:
         state = self._groups.pop(group, None)
         if state is None or state[3] is None:
             return None
-        first_job, last_job, start, first, last, cpu = state
-        return GroupTiming(group, last_job - first_job, start, first, last, cpu)
+        first_job, last_job, start, first, last, cpu, _slots, busy = state
+        return GroupTiming(group, last_job - first_job, start, first, last, cpu, busy)
 
     def forget(self, group: int) -> None:
         """The group was aborted (its jobs re-run elsewhere)."""

@@ -282,7 +282,10 @@ class RunExecution:
         t1 = time.perf_counter()
         self.coordination_s += t1 - t0
         if self._clock is not None:
-            self._clock.launched(plan.group, plan.first_job, plan.last_job, t0, t1 - t0)
+            slots = {share.worker: len(share.slot_ids) for share in plan.shares}
+            self._clock.launched(
+                plan.group, plan.first_job, plan.last_job, t0, t1 - t0, slots=slots
+            )
 
     # -- stimuli from the cluster --------------------------------------------------------
 
@@ -323,6 +326,7 @@ class RunExecution:
             finished, next_wave = self.sched.group_done(worker.id, msg.group)
             if self._clock is not None:
                 self._clock.add_coordination(msg.group, time.perf_counter() - t0)
+                self._clock.worker_busy(msg.group, worker.id, msg.busy_us / 1e6)
             if next_wave is not None:
                 self._launch(next_wave)
             elif finished:

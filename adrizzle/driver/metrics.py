@@ -126,6 +126,7 @@ class DriverMetrics:
                 "group": decision.group,
                 "size": decision.size,
                 "wall_ms": round(decision.wall_s * 1e3, 3),
+                "active_ms": round(decision.active_s * 1e3, 3),
                 "coordination_ms": round(decision.coordination_s * 1e3, 3),
                 "dispatch_ms": round(decision.dispatch_s * 1e3, 3),
                 "overhead": round(decision.overhead, 4),

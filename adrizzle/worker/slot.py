@@ -343,13 +343,16 @@ class SlotProcess:
         failed_total = 0
         unpicklable_before = self.sender.unpicklable
         stuck_since: float | None = None
+        waited = 0.0  # time spent waiting for stream data to be due: not busy
         while pending:
             index = next((i for i, t in enumerate(pending) if self.ready(programs, msg, t)), -1)
             if index < 0:
                 due_in = self.due_in(programs, msg, pending)
                 if due_in is not None:  # waiting for data to exist is not being stuck
                     stuck_since = None
+                    wait_from = time.perf_counter()
                     self.receive(min(due_in, self.shuffle_timeout))
+                    waited += time.perf_counter() - wait_from
                     if msg.group in self.cancelled:
                         return
                     continue
@@ -377,7 +380,7 @@ class SlotProcess:
                 failed_total += failed
                 result_jobs_left -= 1
                 self.sender.add(msg, result_parts, job, values, failed, result_jobs_left == 0)
-        busy_us = int((time.perf_counter() - started) * 1e6)
+        busy_us = int((time.perf_counter() - started - waited) * 1e6)
         self.sender.finish_group(
             msg.group,
             tasks,

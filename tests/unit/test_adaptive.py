@@ -99,13 +99,34 @@ def test_groups_planned_before_a_change_do_not_count() -> None:
     assert c.size == 2
 
 
-def test_paced_batches_shrink_the_group_towards_the_minimum() -> None:
-    """A stream waiting for its data: results one interval apart, little driver time."""
+def test_paced_batches_without_busy_time_are_judged_on_wall_time() -> None:
+    """A stream waiting for its data, slots' busy time unknown: results one interval apart and
+    little driver time read as little overhead, so the group shrinks."""
     c = GroupSizeController(AdaptiveGroupSize(samples=2, initial=16))
     sizes = drive(c, lambda g, size: paced(g, size, interval=0.01, coordination=0.0002), 60)
     assert sizes[-1] < 16
     assert sizes == sorted(sizes, reverse=True)
     assert c.per_batch_s == pytest.approx(0.01)
+
+
+def paced_busy(group: int, size: int, work: float, fixed: float) -> GroupTiming:
+    """Paced at 10 ms per batch; the slots were busy ``work`` per batch plus ``fixed`` per
+    group; the driver spent 1 ms on the group."""
+    return GroupTiming(
+        group, size, 0.0, 0.01, size * 0.01, coordination_s=0.001, busy_s=fixed + size * work
+    )
+
+
+def test_paced_batches_are_judged_on_the_time_the_slots_worked() -> None:
+    # Tiny batches: 1 ms of driver time is a large part of the little work done: grow.
+    light = GroupSizeController(AdaptiveGroupSize(samples=1))
+    sizes = drive(light, lambda g, size: paced_busy(g, size, work=0.0001, fixed=0.001), 12)
+    assert sizes[:6] == [1, 2, 4, 8, 16, 32]
+    # Heavy batches (8 of every 10 ms busy): coordination is a sliver of the work: shrink.
+    heavy = GroupSizeController(AdaptiveGroupSize(samples=1, initial=8))
+    sizes = drive(heavy, lambda g, size: paced_busy(g, size, work=0.008, fixed=0.001), 5)
+    assert sizes == [8, 7, 6, 5, 4]
+    assert heavy.decisions[0].active_s == pytest.approx(0.001 + 0.064 + 0.001)
 
 
 def test_dispatch_delay_beyond_one_batch_counts_as_overhead() -> None:
@@ -183,6 +204,17 @@ def test_clock_starts_a_group_at_its_launch_or_the_previous_result() -> None:
     clock.job_done(3, 1.040)
     # Group 1 could not produce before group 0's last result at 1.020.
     assert clock.finished(1) == GroupTiming(1, 2, 1.020, 1.030, 1.040, 0.002)
+
+
+def test_clock_keeps_the_busiest_slot_of_the_group() -> None:
+    clock = GroupClock()
+    clock.launched(0, 0, 4, now=0.0, cpu_s=0.0, slots={"a": 2, "b": 1})
+    clock.job_done(0, 0.01)
+    clock.worker_busy(0, "a", 0.030)  # two slots: 15 ms each on average
+    clock.worker_busy(0, "b", 0.020)
+    timing = clock.finished(0)
+    assert timing is not None
+    assert timing.busy_s == pytest.approx(0.020)
 
 
 def test_clock_ignores_groups_without_results_and_forgotten_ones() -> None:
