@@ -16,13 +16,28 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from adrizzle import errors
 from adrizzle.api.dataset import Dataset
 from adrizzle.api.engine import Engine, JobResult
+from adrizzle.api.stream import Stream, StreamBatch
+from adrizzle.api.windows import WindowResult
+from adrizzle.driver.adaptive import AdaptiveGroupSize
 from adrizzle.errors import TaskError
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
 __version__ = "0.1.0"
-__all__ = ["Dataset", "Engine", "JobResult", "TaskError", "__version__", "errors", "run"]
+__all__ = [
+    "AdaptiveGroupSize",
+    "Dataset",
+    "Engine",
+    "JobResult",
+    "Stream",
+    "StreamBatch",
+    "TaskError",
+    "WindowResult",
+    "__version__",
+    "errors",
+    "run",
+]
 
 T = TypeVar("T")
 

@@ -264,11 +264,13 @@ async def bench_shuffle(args: argparse.Namespace) -> dict[str, Any]:
 
 
 from bench_recovery import bench_recovery  # noqa: E402
+from bench_streaming import bench_streaming  # noqa: E402
 
 BENCHES = {
     "single-stage": bench_single_stage,
     "shuffle": bench_shuffle,
     "recovery": bench_recovery,
+    "streaming": bench_streaming,
 }
 
 
