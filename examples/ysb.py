@@ -24,11 +24,13 @@ import collections
 import functools
 import json
 import math
+import os
 import random
 import statistics
 import sys
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import adrizzle
@@ -38,27 +40,45 @@ ADS_PER_CAMPAIGN = 10
 AD_TYPES = ("banner", "modal", "sponsored-search", "mail", "mobile")
 EVENT_TYPES = ("view", "click", "purchase")
 POOL = 100  # distinct users, pages and ips
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-# Everything that determines the events, shipped to the slots with the source: seed, rate
-# (events per second), interval_ms (batch interval), t0_ms (event time of the first event, epoch
-# ms), partitions, and the ads, users, pages and ips to draw from. A plain dict on purpose: a
-# class defined in a script is pickled by value with every group, which costs milliseconds.
+def let_local_workers_import_this_module() -> None:
+    """Local workers inherit the driver's environment: with this directory on PYTHONPATH the
+    pipeline's functions travel by reference, like a job module installed on a cluster, and
+    the per-process caches below live as long as the slots. (Pickled by value instead, every
+    group would carry the code and its data.)"""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if HERE not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([HERE, *paths])
+
+
+# What determines the events: seed, rate (events per second), interval_ms (batch interval),
+# t0_ms (event time of the first event, epoch ms) and partitions. Small on purpose: it travels
+# with every group; the ads, users, pages and ips to draw from and the ad -> campaign table are
+# derived from the seed once per process (``pools``, ``campaign_table``).
 Setup = dict[str, Any]
 
 
 def make_setup(seed: int, rate: int, interval_ms: int, t0_ms: int, partitions: int) -> Setup:
-    rng = random.Random(seed)
-
-    def ids(n: int) -> tuple[str, ...]:
-        return tuple(str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(n))
-
     return {
         "seed": seed,
         "rate": rate,
         "interval_ms": interval_ms,
         "t0_ms": t0_ms,
         "partitions": partitions,
+    }
+
+
+@functools.lru_cache(maxsize=4)
+def pools(seed: int) -> dict[str, tuple[str, ...]]:
+    """The ads (10 per campaign, in campaign order), users, pages and ips events draw from."""
+    rng = random.Random(seed)
+
+    def ids(n: int) -> tuple[str, ...]:
+        return tuple(str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(n))
+
+    return {
         "ads": ids(CAMPAIGNS * ADS_PER_CAMPAIGN),
         "users": ids(POOL),
         "pages": ids(POOL),
@@ -66,11 +86,12 @@ def make_setup(seed: int, rate: int, interval_ms: int, t0_ms: int, partitions: i
     }
 
 
-def campaign_table(setup: Setup) -> dict[str, str]:
+@functools.lru_cache(maxsize=4)
+def campaign_table(seed: int) -> dict[str, str]:
     """ad_id -> campaign_id: 10 consecutive ads per campaign (campaign ids are deterministic)."""
-    rng = random.Random(setup["seed"] + 1)
+    rng = random.Random(seed + 1)
     campaigns = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(CAMPAIGNS)]
-    return {ad: campaigns[i // ADS_PER_CAMPAIGN] for i, ad in enumerate(setup["ads"])}
+    return {ad: campaigns[i // ADS_PER_CAMPAIGN] for i, ad in enumerate(pools(seed)["ads"])}
 
 
 def batch_range(setup: Setup, batch: int) -> range:
@@ -87,10 +108,11 @@ def events(setup: Setup, batch: int, partition: int) -> list[str]:
     indices = range(first, span.stop, partitions)
     n = len(indices)
     rng = random.Random(setup["seed"] * 1_000_003 + batch * 1009 + partition)
-    ads = rng.choices(setup["ads"], k=n)
-    users = rng.choices(setup["users"], k=n)
-    pages = rng.choices(setup["pages"], k=n)
-    ips = rng.choices(setup["ips"], k=n)
+    pool = pools(setup["seed"])
+    ads = rng.choices(pool["ads"], k=n)
+    users = rng.choices(pool["users"], k=n)
+    pages = rng.choices(pool["pages"], k=n)
+    ips = rng.choices(pool["ips"], k=n)
     ad_types = rng.choices(AD_TYPES, k=n)
     kinds = rng.choices(EVENT_TYPES, k=n)
     t0, rate = setup["t0_ms"], setup["rate"]
@@ -118,9 +140,11 @@ def project(event: dict[str, Any]) -> tuple[str, int]:
     return (event["ad_id"], event["event_time"])
 
 
-def join_campaign(table: dict[str, str], ad_time: tuple[str, int]) -> tuple[str, float]:
-    """(ad_id, event_time ms) -> (campaign_id, event_time s): the join with the ad table."""
-    return (table[ad_time[0]], ad_time[1] / 1000)
+def join_campaigns(seed: int, ad_times: Iterable[tuple[str, int]]) -> Iterator[tuple[str, float]]:
+    """(ad_id, event_time ms) -> (campaign_id, event_time s): the join with the ad table (a
+    hash join against the table each process holds, as YSB's Flink and Storm versions do)."""
+    table = campaign_table(seed)
+    return ((table[ad], t / 1000) for ad, t in ad_times)
 
 
 def event_seconds(campaign_time: tuple[str, float]) -> float:
@@ -129,7 +153,7 @@ def event_seconds(campaign_time: tuple[str, float]) -> float:
 
 def expected_counts(setup: Setup, batches: int, window_ms: int) -> collections.Counter[Any]:
     """Plain Python over the same events: (campaign, window index) -> views."""
-    table = campaign_table(setup)
+    table = campaign_table(setup["seed"])
     counts: collections.Counter[Any] = collections.Counter()
     for b in range(batches):
         for p in range(setup["partitions"]):
@@ -177,7 +201,6 @@ async def run_ysb(
     t0_ms = round(start * 1000)
     batches = max(1, round(seconds * 1000 / interval_ms))
     setup = make_setup(seed, rate, interval_ms, t0_ms, partitions)
-    table = campaign_table(setup)
     stream = engine.stream(
         functools.partial(events, setup),
         partitions,
@@ -189,7 +212,7 @@ async def run_ysb(
         stream.map(parse)
         .filter(is_view)
         .map(project)
-        .map(functools.partial(join_campaign, table))
+        .map_partitions(functools.partial(join_campaigns, seed))
         .window_count(window, event_time=event_seconds)
     )
     found: dict[tuple[str, int], int] = {}
@@ -270,6 +293,7 @@ def group_size_arg(text: str) -> int | str:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    let_local_workers_import_this_module()
     async with adrizzle.Engine.local(workers=args.workers, cores=args.cores) as engine:
         return await run_ysb(
             engine,
@@ -315,4 +339,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run as the importable module ``ysb`` (not ``__main__``), so functions pickle by reference.
+    import ysb
+
+    raise SystemExit(ysb.main())

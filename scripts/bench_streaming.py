@@ -22,17 +22,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
-
 import adrizzle
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
 import ysb  # noqa: E402
-
-# Neither this module nor the example is importable on the workers: ship their code by value.
-cloudpickle.register_pickle_by_value(ysb)
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 LATENCY_TARGET_MS = 1000.0
 GIVE_UP_BEHIND_S = 3.0
@@ -139,6 +133,7 @@ async def bench_streaming(args: Any) -> dict[str, Any]:
             setattr(args, key, value)
     if getattr(args, "quick", False):
         args.trial_seconds, args.window, args.bisect = 4.0, 1.0, 0
+    ysb.let_local_workers_import_this_module()
     async with adrizzle.Engine.local(workers=2, cores=1) as engine:
         await ysb.run_ysb(engine, seconds=1.0, rate=1000, group_size=10, window=0.5)  # warm-up
         print("streaming: searching the sustainable rate per group size", file=sys.stderr)

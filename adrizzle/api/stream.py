@@ -105,11 +105,15 @@ class _Origin:
         self.max_batch = max_batch
         self.next_batch = 0  # the source's offset: where the next run starts
         self.cut: dict[int, list[Any]] = {}  # live: batches cut but not yet run
+        self.cut_at: dict[int, float] = {}  # live: when each of them was cut (epoch s)
         self.cut_signal = asyncio.Event()
         self.live_iter: AsyncIterator[Any] | None = None
         self.live_next: asyncio.Future[Any] | None = None  # survives a run that stops
 
     def due(self, batch: int) -> float | None:
+        """When the batch's data was complete: its interval's end, or when it was cut."""
+        if self.live is not None:
+            return self.cut_at.get(batch)
         if self.batch_interval is None or self.start is None:
             return None
         return self.start + (batch + 1) * self.batch_interval
@@ -511,6 +515,7 @@ class StreamRun:
                     b = first + job.index
                     values = [v for part in job.values for v in part]
                     batch = StreamBatch(b, values, time.time(), origin.due(b))
+                    origin.cut_at.pop(b, None)
                     origin.next_batch = b + 1
                     for sink in stream._sinks:
                         result = sink(batch)
@@ -551,12 +556,14 @@ async def _feed_live(origin: _Origin) -> None:
                     items.append(fut.result())
                 except StopAsyncIteration:
                     origin.cut[number] = items
+                    origin.cut_at[number] = time.time()
                     origin.batches = number + 1
                     items = []
                     return
                 if len(items) < origin.max_batch and loop.time() < next_cut:
                     continue
             origin.cut[number] = items
+            origin.cut_at[number] = time.time()
             origin.cut_signal.set()
             number += 1
             items = []
@@ -566,6 +573,7 @@ async def _feed_live(origin: _Origin) -> None:
         # is not cancelled: that would close an async generator) for the next run.
         if items:
             origin.cut[number] = items
+            origin.cut_at[number] = time.time()
         origin.cut_signal.set()
 
 

@@ -142,6 +142,7 @@ async def test_live_input_becomes_micro_batches(engine: adrizzle.Engine) -> None
     outputs = [update async for update in counts.run(group_size=2, timeout=60)]
     assert len(outputs) >= 2  # the arrivals span several batch intervals
     assert [u.batch for u in outputs] == list(range(len(outputs)))
+    assert all(u.latency is not None and u.latency >= 0 for u in outputs)
     final = [v for u in outputs for v in u.values][-1]
     assert final == ("n", sum(range(300)))
 
