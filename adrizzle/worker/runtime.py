@@ -376,7 +376,7 @@ class WorkerRuntime:
                 send(dataclasses.replace(msg, hold=0), payload)
 
     def _on_link_lost(self, peer: str, reason: str) -> None:
-        log.warning("data link to worker %s lost: %s", peer, reason)
+        log.info("data link to worker %s lost: %s", peer, reason)  # the driver decides
         channel = self.channel
         if channel is not None and channel.is_open:
             channel.send(PeerLost(peer=peer, reason=reason))
