@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,6 +33,18 @@ def adrizzle_processes() -> dict[int, str]:
         if ("adrizzle-worker" in cmd or "adrizzle.worker" in cmd) and sys.prefix in cmd:
             found[proc.info["pid"]] = cmd
     return found
+
+
+async def wait_exit(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str]:
+    """Wait for a worker CLI process to exit (killed after ``timeout`` s): (code, stderr)."""
+    loop = asyncio.get_running_loop()
+    try:
+        _out, err = await loop.run_in_executor(None, lambda: proc.communicate(timeout=timeout))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
 
 
 def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:

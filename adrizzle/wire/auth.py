@@ -48,18 +48,23 @@ class TokenError(AdrizzleError):
     """No usable token: missing, empty, or in a file others can read."""
 
 
-def read_token_file(path: str | os.PathLike[str]) -> str:
-    """Read a token file, refusing one that group or others may read."""
-    p = Path(path)
+def check_private_file(p: Path, label: str, error: type[Exception]) -> None:
+    """Raise ``error`` unless ``p`` exists and only its owner may read it (a secret)."""
     try:
         mode = p.stat().st_mode
     except OSError as exc:
-        raise TokenError(f"cannot read token file {p}: {exc.strerror}") from None
+        raise error(f"cannot read {label} {p}: {exc.strerror}") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise TokenError(
-            f"token file {p} is readable by group or others (mode {stat.filemode(mode)}); "
+        raise error(
+            f"{label} {p} is readable by group or others (mode {stat.filemode(mode)}); "
             f"run: chmod 600 {p}"
         )
+
+
+def read_token_file(path: str | os.PathLike[str]) -> str:
+    """Read a token file, refusing one that group or others may read."""
+    p = Path(path)
+    check_private_file(p, "token file", TokenError)
     token = p.read_text().strip()
     if not token:
         raise TokenError(f"token file {p} is empty")

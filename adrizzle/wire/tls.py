@@ -13,10 +13,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import ssl
-import stat
 from pathlib import Path
 
 from adrizzle.errors import AdrizzleError
+from adrizzle.wire.auth import check_private_file
 
 
 class TlsConfigError(AdrizzleError):
@@ -60,16 +60,7 @@ class TlsConfig:
         for what, path in (("CA file", self.ca_file), ("certificate", self.cert)):
             if not os.access(path, os.R_OK):
                 raise TlsConfigError(f"cannot read TLS {what} {path}")
-        p = Path(self.key)
-        try:
-            mode = p.stat().st_mode
-        except OSError as exc:
-            raise TlsConfigError(f"cannot read TLS key {p}: {exc.strerror}") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise TlsConfigError(
-                f"TLS key {p} is readable by group or others (mode {stat.filemode(mode)}); "
-                f"run: chmod 600 {p}"
-            )
+        check_private_file(Path(self.key), "TLS key", TlsConfigError)
         self.server_context()  # load everything once now: a bad file fails at start
 
     def _load(self, ctx: ssl.SSLContext) -> ssl.SSLContext:

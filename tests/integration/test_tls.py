@@ -24,6 +24,7 @@ from adrizzle.driver.local import worker_command
 from adrizzle.wire.framing import HEADER, encode_frame
 from adrizzle.wire.tls import TlsConfig
 from tests import hostile
+from tests.conftest import wait_exit
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -78,17 +79,6 @@ def spawn(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-async def wait_exit(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str]:
-    loop = asyncio.get_running_loop()
-    try:
-        _out, err = await loop.run_in_executor(None, lambda: proc.communicate(timeout=timeout))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, err
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -16,7 +16,7 @@ import pytest
 
 import adrizzle
 from adrizzle.driver.local import worker_command
-from tests.conftest import wait_gone
+from tests.conftest import wait_exit, wait_gone
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -36,17 +36,6 @@ def spawn(*args: str, token: str | None = TOKEN) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-async def wait_exit(proc: subprocess.Popen[str], timeout: float = 20) -> tuple[int, str]:
-    loop = asyncio.get_running_loop()
-    try:
-        _out, err = await loop.run_in_executor(None, lambda: proc.communicate(timeout=timeout))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, err
 
 
 def free_port() -> int:
