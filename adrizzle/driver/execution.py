@@ -120,6 +120,10 @@ class RunExecution:
         self._failure: BaseException | None = None
         self._closed = False
         self._group_blob: tuple[int, bytes] = (-1, b"")
+        # The last group's programs by identity -> their pickle: a run of one dataset repeated
+        # (run_jobs([data] * n, ...)) pickles its program once, not once per group. The run
+        # holds every program, so ids stay unique while it lasts.
+        self._blob_cache: tuple[tuple[int, ...], bytes] = ((), b"")
         self.coordination_s = 0.0
         # Monitoring: when the jobs were asked for, and when each job's group was launched.
         self._submitted_at = time.perf_counter()
@@ -226,11 +230,14 @@ class RunExecution:
         stages = self._waves[plan.wave]
         if self._group_blob[0] != plan.group:  # a BSP group re-uses its blob for every wave
             programs = self.programs[plan.first_job : plan.last_job]
-            try:
-                self._group_blob = (plan.group, serialize_programs(programs, plan.first_job))
-            except SerializationError as exc:  # a later job's function: fail the run
-                self._fail(exc)
-                return
+            key = tuple(map(id, programs))
+            if key != self._blob_cache[0]:
+                try:
+                    self._blob_cache = (key, serialize_programs(programs, plan.first_job))
+                except SerializationError as exc:  # a later job's function: fail the run
+                    self._fail(exc)
+                    return
+            self._group_blob = (plan.group, self._blob_cache[1])
         blob = self._group_blob[1]
         fetch = (
             sorted(
