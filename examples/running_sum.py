@@ -32,35 +32,38 @@ import json
 import operator
 import sys
 import time
-from collections.abc import Callable
+
+from _cli import example_parser, group_size_arg
 
 import adrizzle
-
-
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an int >= ``minimum``, with a clear error otherwise."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def group_size_arg(text: str) -> int | str:
-    """An argparse type: ``auto`` or an int >= 1."""
-    return "auto" if text == "auto" else at_least(1)(text)
 
 
 def batch_partition(batch: int, partitions: int, records: int, partition: int) -> range:
     """The ints of one partition of one micro-batch (computed on the slot)."""
     start = (batch * partitions + partition) * records
     return range(start, start + records)
+
+
+def print_batch(index: int, batch_sum: int, total: int, ms: float) -> None:
+    print(f"batch {index:5d}: sum {batch_sum:>14d}  running total {total:>18d}  {ms:8.3f} ms")
+
+
+def summary(
+    args: argparse.Namespace, mode: str, elapsed: float, completed: int, total: int
+) -> dict[str, object]:
+    """The JSON summary's keys common to both modes."""
+    return {
+        "mode": mode,
+        "batches": args.batches,
+        "group_size": args.group_size,
+        "workers": args.workers,
+        "cores": args.cores,
+        "partitions": args.partitions,
+        "records": args.records,
+        "ms_per_batch": elapsed / args.batches * 1e3,
+        "batches_completed": completed,
+        "final_sum": total,
+    }
 
 
 async def running_sum(args: argparse.Namespace) -> dict[str, object]:
@@ -88,24 +91,10 @@ async def running_sum(args: argparse.Namespace) -> dict[str, object]:
             total += batch_sum
             now = time.perf_counter()
             if not args.json:
-                print(
-                    f"batch {job.index:5d}: sum {batch_sum:>14d}  running total {total:>18d}  "
-                    f"{(now - last) * 1e3:8.3f} ms"
-                )
+                print_batch(job.index, batch_sum, total, (now - last) * 1e3)
             last = now
         elapsed = time.perf_counter() - started
-    return {
-        "mode": "jobs",
-        "batches": n,
-        "group_size": args.group_size,
-        "workers": args.workers,
-        "cores": args.cores,
-        "partitions": p,
-        "records": k,
-        "ms_per_batch": elapsed / n * 1e3,
-        "batches_completed": expected_index,
-        "final_sum": total,
-    }
+    return summary(args, "jobs", elapsed, expected_index, total)
 
 
 def stream_source(partitions: int, records: int, batch: int, partition: int) -> range:
@@ -145,42 +134,17 @@ async def stream_running_sum(args: argparse.Namespace) -> dict[str, object]:
             batch_sum, total = new_total - total, new_total
             now = time.perf_counter()
             if not args.json:
-                print(
-                    f"batch {update.batch:5d}: sum {batch_sum:>14d}  running total {total:>18d}  "
-                    f"{(now - last) * 1e3:8.3f} ms"
-                )
+                print_batch(update.batch, batch_sum, total, (now - last) * 1e3)
             last = now
         elapsed = time.perf_counter() - started
     return {
-        "mode": "stream",
-        "batches": n,
-        "group_size": args.group_size,
-        "workers": args.workers,
-        "cores": args.cores,
-        "partitions": p,
-        "records": k,
-        "ms_per_batch": elapsed / n * 1e3,
-        "batches_completed": delivered,
-        "final_sum": total,
+        **summary(args, "stream", elapsed, delivered, total),
         "group_sizes": {str(size): groups for size, groups in run.group_sizes().items()},
     }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("batches", type=at_least(1), help="number of micro-batches N")
-    parser.add_argument(
-        "group_size", type=group_size_arg, help="micro-batches per group G, or auto"
-    )
-    parser.add_argument("--workers", type=at_least(1), default=2, help="local worker processes")
-    parser.add_argument("--cores", type=at_least(1), default=1, help="slot processes per worker")
-    parser.add_argument("--partitions", type=at_least(1), default=4, help="partitions P")
-    parser.add_argument("--records", type=at_least(0), default=1000, help="ints per partition K")
-    parser.add_argument("--warmup", type=at_least(0), default=1, help="untimed micro-batches")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds for the whole run")
-    parser.add_argument("--json", action="store_true", help="print only a JSON summary")
+    parser = example_parser(__doc__, group_size_arg, "micro-batches per group G, or auto")
     parser.add_argument(
         "--stream", action="store_true", help="keep the total as stream state (update_state)"
     )

@@ -22,26 +22,12 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
+
+from _cli import at_least, example_parser
 
 import adrizzle
 from adrizzle.progress import job_progress
-
-
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an int >= ``minimum``, with a clear error otherwise."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 async def settled_statistics(engine: adrizzle.Engine, timeout: float = 5.0) -> dict[str, Any]:
@@ -98,18 +84,7 @@ async def single_stage(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("batches", type=at_least(1), help="number of micro-batches N")
-    parser.add_argument("group_size", type=at_least(1), help="micro-batches per group G")
-    parser.add_argument("--workers", type=at_least(1), default=2, help="local worker processes")
-    parser.add_argument("--cores", type=at_least(1), default=1, help="slot processes per worker")
-    parser.add_argument("--partitions", type=at_least(1), default=4, help="partitions P")
-    parser.add_argument("--records", type=at_least(0), default=1000, help="ints per partition K")
-    parser.add_argument("--warmup", type=at_least(0), default=1, help="untimed micro-batches")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds for the whole run")
-    parser.add_argument("--json", action="store_true", help="print only a JSON summary")
+    parser = example_parser(__doc__, at_least(1), "micro-batches per group G")
     args = parser.parse_args()
     try:
         summary = adrizzle.run(single_stage(args))
