@@ -18,32 +18,14 @@ slots. ``result`` is the sum over all N micro-batches: N * sum(range(P*K)).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
-from typing import Any
 
 from _cli import at_least, example_parser
 
 import adrizzle
 from adrizzle.progress import job_progress
-
-
-async def settled_statistics(engine: adrizzle.Engine, timeout: float = 5.0) -> dict[str, Any]:
-    """``engine.statistics()`` once every group launched so far has been acknowledged.
-
-    A run returns as soon as its last result arrives (results flow per micro-batch), so the
-    last group's ``group_done`` frames may still be on their way when it does.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        stats = engine.statistics()
-        launched = stats["frames_sent"].get("launch_group", 0)
-        acked = stats["frames_received"].get("group_done", 0)
-        if acked >= launched or time.monotonic() > deadline:
-            return stats
-        await asyncio.sleep(0.001)
 
 
 async def single_stage(args: argparse.Namespace) -> dict[str, object]:
@@ -52,7 +34,8 @@ async def single_stage(args: argparse.Namespace) -> dict[str, object]:
         data = engine.parallelize(range(p * k), partitions=p).cache()
         if args.warmup:
             await engine.run_jobs([data] * args.warmup, sum, timeout=args.timeout)
-        before = await settled_statistics(engine)
+        await engine.wait_settled(5.0)  # the last group's acks may trail its results
+        before = engine.statistics()
         # A bar on stderr while the run goes (not with --json, nor when stderr is no terminal).
         async with job_progress(engine, n, f"G={args.group_size}", quiet=args.json):
             started = time.perf_counter()
@@ -60,7 +43,8 @@ async def single_stage(args: argparse.Namespace) -> dict[str, object]:
                 [data] * n, sum, group_size=args.group_size, timeout=args.timeout
             )
             elapsed = time.perf_counter() - started
-        after = await settled_statistics(engine)
+        await engine.wait_settled(5.0)  # the last group's acks may trail its results
+        after = engine.statistics()
 
     def delta(direction: str, kind: str) -> int:
         return int(after[direction].get(kind, 0) - before[direction].get(kind, 0))

@@ -11,7 +11,6 @@ Results are printed as a markdown table and written under bench-results/.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import json
 import operator
@@ -43,14 +42,6 @@ def machine() -> str:
     )
 
 
-async def _settle(engine: adrizzle.Engine) -> None:
-    """Wait until the acks of the last groups are in, so frame counts are complete."""
-    for _ in range(500):
-        if engine.statistics()["groups_in_flight"] == 0:
-            return
-        await asyncio.sleep(0.002)
-
-
 async def single_stage_once(
     engine: adrizzle.Engine, data: adrizzle.Dataset, batches: int, group_size: int
 ) -> dict[str, float]:
@@ -58,7 +49,7 @@ async def single_stage_once(
     cpu0, t0 = time.process_time(), time.perf_counter()
     results = await engine.run_jobs([data] * batches, sum, group_size=group_size)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    await _settle(engine)
+    await engine.wait_settled()
     after = engine.statistics()
     assert results == [results[0]] * batches
     tasks = batches * data.partitions
@@ -138,14 +129,14 @@ async def shuffle_once(
     group_size: int,
     pre_schedule: bool,
 ) -> dict[str, float]:
-    await _settle(engine)
+    await engine.wait_settled()
     before = engine.statistics()
     t0 = time.perf_counter()
     results = await engine.run_jobs(
         [job] * batches, list, group_size=group_size, pre_schedule=pre_schedule
     )
     wall = time.perf_counter() - t0
-    await _settle(engine)
+    await engine.wait_settled()
     after = engine.statistics()
     for per_partition in results:  # every micro-batch's answer is checked
         assert sorted(kv for part in per_partition for kv in part) == SHUFFLE_EXPECTED

@@ -13,7 +13,6 @@ is the number to read. Results: bench-results/scaling.md, scaling-*.png.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import os
 import statistics
@@ -34,23 +33,15 @@ BATCHES = 1000
 RECORDS = 1000
 
 
-async def _settle(engine: adrizzle.Engine) -> None:
-    """Wait until the acks of the last groups are in, so frame counts are complete."""
-    for _ in range(500):
-        if engine.statistics()["groups_in_flight"] == 0:
-            return
-        await asyncio.sleep(0.002)
-
-
 async def scaling_once(
     engine: adrizzle.Engine, data: adrizzle.Dataset, batches: int, group_size: int
 ) -> dict[str, float]:
-    await _settle(engine)
+    await engine.wait_settled()
     before = engine.statistics()
     cpu0, t0 = time.process_time(), time.perf_counter()
     results = await engine.run_jobs([data] * batches, sum, group_size=group_size, timeout=300)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    await _settle(engine)
+    await engine.wait_settled()
     after = engine.statistics()
     assert results == [results[0]] * batches
     groups = math.ceil(batches / group_size)

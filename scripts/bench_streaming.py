@@ -15,7 +15,6 @@ shared, so numbers move from run to run.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import statistics
 import sys
@@ -45,16 +44,8 @@ def sustained(result: dict[str, Any]) -> bool:
     )
 
 
-async def settle(engine: adrizzle.Engine, timeout: float = 60.0) -> None:
-    """Wait until groups of an abandoned trial are acknowledged, so trials do not overlap."""
-    for _ in range(int(timeout / 0.05)):
-        if engine.statistics()["groups_in_flight"] == 0:
-            return
-        await asyncio.sleep(0.05)
-
-
 async def trial(engine: adrizzle.Engine, mode: int | str, rate: int, args: Any) -> dict[str, Any]:
-    await settle(engine)
+    await engine.wait_settled(60.0)
     result = await ysb.run_ysb(
         engine,
         seconds=args.trial_seconds,

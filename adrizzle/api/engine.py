@@ -626,6 +626,21 @@ class Engine:
 
     # -- monitoring ----------------------------------------------------------------------
 
+    async def wait_settled(self, timeout: float = 10.0) -> bool:
+        """Wait until every group launched so far is acknowledged; False after ``timeout`` s.
+
+        A run returns as soon as its last result arrives (results flow per micro-batch), so
+        the last groups' ``group_done`` frames may still be on their way: wait for them before
+        reading frame counts from ``statistics()``.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self._routes:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.001)
+
     def statistics(self) -> dict[str, Any]:
         """A plain-dict snapshot of driver state (the status server reads only this)."""
         from adrizzle import __version__

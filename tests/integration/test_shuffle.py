@@ -6,7 +6,6 @@ answer is computed with dicts and lists.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import operator
 from typing import Any
@@ -61,14 +60,6 @@ def expected_groups(pairs: list[tuple[Any, int]]) -> list[tuple[Any, list[int]]]
 
 def flatten(per_partition: list[list[Any]]) -> list[Any]:
     return [item for part in per_partition for item in part]
-
-
-async def settle(engine: adrizzle.Engine) -> None:
-    """Wait for the acks of groups whose results are all in (they may trail the results)."""
-    for _ in range(500):
-        if engine.statistics()["groups_in_flight"] == 0:
-            return
-        await asyncio.sleep(0.01)
 
 
 async def run_one(engine: adrizzle.Engine, ds: adrizzle.Dataset, **kw: Any) -> list[Any]:
@@ -146,10 +137,10 @@ async def test_no_driver_frame_between_stages(engine: adrizzle.Engine) -> None:
     data = engine.parallelize(range(4000), partitions=4).cache()
     reduced = data.map(lambda x: (x % 16, 1)).reduce_by_key(operator.add, 2)
     await engine.run_jobs([reduced], list, timeout=30)  # warm up: ship sources, dial peers
-    await settle(engine)
+    await engine.wait_settled()
     before = engine.statistics()
     results = await engine.run_jobs([reduced] * 40, list, group_size=10, timeout=30)
-    await settle(engine)
+    await engine.wait_settled()
     after = engine.statistics()
     assert all(sorted(flatten(r)) == [(k, 250) for k in range(16)] for r in results)
 
@@ -175,7 +166,7 @@ async def test_no_driver_frame_between_stages(engine: adrizzle.Engine) -> None:
 async def test_bsp_mode_launches_each_stage_as_a_wave(engine: adrizzle.Engine) -> None:
     data = engine.parallelize(range(100), partitions=4)
     reduced = data.map(lambda x: (x % 3, x)).reduce_by_key(operator.add, 2)
-    await settle(engine)
+    await engine.wait_settled()
     before = engine.statistics()["frames_sent"].get("launch_group", 0)
     results = await engine.run_jobs([reduced] * 6, list, group_size=1, pre_schedule=False)
     sent = engine.statistics()["frames_sent"]["launch_group"] - before

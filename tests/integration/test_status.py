@@ -38,15 +38,6 @@ async def get_json(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
         return resp.status, await resp.json()
 
 
-async def settle(engine: adrizzle.Engine) -> None:
-    """Wait until every group launched so far is acknowledged (acks trail the results)."""
-    for _ in range(500):
-        if engine.statistics()["groups_in_flight"] == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"groups still in flight: {engine.statistics()['groups_in_flight']}")
-
-
 def metrics_by_name(text: str) -> dict[str, Any]:
     return {family.name: family for family in text_string_to_metric_families(text)}
 
@@ -85,7 +76,7 @@ async def test_api_status_reports_workers_batches_and_timings(
 
     data = engine.parallelize(range(P * K), partitions=P).cache()
     assert await engine.run_jobs([data] * 30, sum, group_size=5, timeout=30) == [EXPECTED] * 30
-    await settle(engine)
+    await engine.wait_settled()
     _, after = await get_json(http, f"{engine.status_url}/api/status")
 
     assert after["micro_batches_completed"] == 30
@@ -126,7 +117,7 @@ async def test_metrics_parse_as_prometheus_text(
 ) -> None:
     data = engine.parallelize(range(P * K), partitions=P).cache()
     await engine.run_jobs([data] * 20, sum, group_size=4, timeout=30)
-    await settle(engine)
+    await engine.wait_settled()
     async with http.get(f"{engine.status_url}/metrics") as resp:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
@@ -211,7 +202,7 @@ async def test_polling_the_status_server_leaves_scheduling_alone(
     engine still sends one launch and gets one ack per worker per group, and every result."""
     data = engine.parallelize(range(P * K), partitions=P).cache()
     await engine.run_jobs([data] * 2, sum, timeout=30)  # ships the data, loads the function
-    await settle(engine)
+    await engine.wait_settled()
     before = engine.statistics()
     polls = 0
     stop = asyncio.Event()
@@ -236,7 +227,7 @@ async def test_polling_the_status_server_leaves_scheduling_alone(
                 assert status == 200
                 assert stats["micro_batches_completed"] >= job.index + 1
         assert seen == list(range(200))
-        await settle(engine)
+        await engine.wait_settled()
     finally:
         stop.set()
         await asyncio.wait_for(poller, 10)
