@@ -87,3 +87,19 @@ def _rebuild_task_error(
         message=message,
         remote_traceback=remote_traceback,
     )
+
+
+class StateRollback(AdrizzleError):
+    """A run with stream state lost a worker (or a frame, or a data link): its groups were
+    dropped and the state must be restored from the last checkpoint. ``Stream.run`` handles
+    it by restarting from there; a caller only sees it if it runs stateful datasets itself."""
+
+
+class ReplayNeeded(AdrizzleError):
+    """A run with stream state cannot start at its first micro-batch: the state exists only
+    as of an earlier batch (the last checkpoint), so the batches from ``from_batch`` on must be
+    run again first. Raised before anything is launched; ``Stream.run`` handles it."""
+
+    def __init__(self, from_batch: int, message: str) -> None:
+        super().__init__(message)
+        self.from_batch = from_batch

@@ -18,15 +18,23 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Se
 from typing import TYPE_CHECKING, Any
 
 from adrizzle.api.dataset import Dataset, split_evenly
-from adrizzle.api.program import FunctionSource, JobProgram, ShippedSource
+from adrizzle.api.program import (
+    FunctionSource,
+    JobProgram,
+    ShippedSource,
+    StateOrderError,
+    StateUpdate,
+    state_steps,
+)
 from adrizzle.driver.adaptive import GroupSize, resolve_group_size
 from adrizzle.driver.blocks import BlockRegistry
+from adrizzle.driver.checkpoint import StateCheckpoints
 from adrizzle.driver.cluster import Cluster, WorkerHandle
-from adrizzle.driver.execution import RunExecution, run_waves
+from adrizzle.driver.execution import RunExecution, StatefulRun, run_waves
 from adrizzle.driver.local import LocalWorkers
 from adrizzle.driver.metrics import DriverMetrics
 from adrizzle.driver.scheduler import RunScheduler, interleave_slots, place_partitions
-from adrizzle.errors import AdrizzleError, NoWorkersError, TaskError
+from adrizzle.errors import AdrizzleError, NoWorkersError, ReplayNeeded, TaskError
 from adrizzle.wire import auth
 from adrizzle.wire.channel import FrameCounter
 from adrizzle.wire.framing import FrameLimits
@@ -41,8 +49,12 @@ from adrizzle.wire.messages import (
 from adrizzle.wire.tls import TlsConfig
 
 if TYPE_CHECKING:
+    import os
+    from pathlib import Path
+
     from adrizzle.api.stream import Stream
     from adrizzle.driver.adaptive import GroupTiming
+    from adrizzle.driver.scheduler import SlotRef
     from adrizzle.status.server import StatusServer
 
 log = logging.getLogger("adrizzle.driver")
@@ -115,6 +127,8 @@ class Engine:
         tls_ca_file: str | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        checkpoint_interval: float = 0.0,
     ) -> None:
         host, port = parse_address(listen, 7077)
         # TLS (both ports, mutual certificates): see adrizzle.wire.tls and SECURITY.md.
@@ -140,6 +154,12 @@ class Engine:
         self.stall_timeout = stall_timeout
         # A run that lost every worker waits this long for one to join before failing.
         self.no_workers_timeout = no_workers_timeout
+        # Stream state is checkpointed at group boundaries, at most once per this many seconds
+        # (0: every group), in driver memory or, with ``checkpoint_dir``, in files there.
+        if checkpoint_interval < 0:
+            raise ValueError(f"checkpoint_interval must be >= 0, got {checkpoint_interval}")
+        self.checkpoint_interval = checkpoint_interval
+        self._checkpoints = StateCheckpoints(checkpoint_dir)
         self._host, self._port = host, port
         self._next_node = itertools.count()
         self._group_ids = itertools.count()
@@ -231,6 +251,7 @@ class Engine:
             task.cancel()
         for run in list(self._runs):
             run._fail(AdrizzleError("the engine was closed"))
+        await asyncio.to_thread(self._checkpoints.close)
         try:
             if self._status is not None:
                 await self._status.stop()
@@ -321,6 +342,7 @@ class Engine:
         batch_interval: float | None = None,
         start: float | None = None,
         batches: int | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
     ) -> Stream:
         """A stream of micro-batches: batch ``b``'s partition ``p`` is ``source(b, p)``, read on
         the slot that owns ``p`` (deterministic and replayable, like a log read from an offset).
@@ -328,7 +350,10 @@ class Engine:
         With ``batch_interval`` T, batch ``b`` covers wall-clock time ``[start + bT,
         start + (b+1)T)`` and is read once that interval is over (``start``: epoch seconds,
         default the first run's start). ``batches``: the source's length (default unbounded);
-        when a bounded source ends, every open window closes. See ``adrizzle.api.stream``.
+        when a bounded source ends, every open window closes. State (``update_state``,
+        windows) is checkpointed at group boundaries in driver memory, or in files in
+        ``checkpoint_dir`` (default: the engine's); after a worker loss it is restored and the
+        batches since the checkpoint are replayed. See ``adrizzle.api.stream``.
         """
         from adrizzle.api.stream import Stream
 
@@ -339,6 +364,7 @@ class Engine:
             batch_interval=batch_interval,
             start=start,
             batches=batches,
+            checkpoint_dir=checkpoint_dir,
         )
 
     def stream_from(
@@ -348,10 +374,13 @@ class Engine:
         *,
         batch_interval: float = 0.05,
         max_batch: int = 100_000,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
     ) -> Stream:
         """A stream of the items of an async iterator (live input): every ``batch_interval``
         seconds (or ``max_batch`` items) what arrived becomes one micro-batch, shipped to the
-        slots split into ``partitions``. Ends when the iterator does."""
+        slots split into ``partitions``. Ends when the iterator does. A stateful stream keeps
+        each batch's items on the driver until the state's checkpoint covers it (for replay
+        after a loss); ``checkpoint_dir`` as for ``stream``."""
         from adrizzle.api.stream import Stream
 
         return Stream.from_async(
@@ -360,6 +389,7 @@ class Engine:
             partitions or self._default_partitions(),
             batch_interval=batch_interval,
             max_batch=max_batch,
+            checkpoint_dir=checkpoint_dir,
         )
 
     # -- jobs ----------------------------------------------------------------------------
@@ -416,6 +446,12 @@ class Engine:
         """Like ``run_jobs`` but yields ``JobResult(index, values)`` as each micro-batch
         completes, in job order, without waiting for the rest of its group."""
         run = await self._start_run(datasets, funcs, group_size, pre_schedule)
+        async for result in self._results(run, timeout, return_exceptions):
+            yield result
+
+    async def _results(
+        self, run: RunExecution, timeout: float | None, return_exceptions: bool
+    ) -> AsyncIterator[JobResult]:
         try:
             async for outcome in run.outcomes(timeout):
                 if outcome.error is not None and not return_exceptions:
@@ -431,6 +467,8 @@ class Engine:
         funcs: Func | Sequence[Func],
         group_size: GroupSize,
         pre_schedule: bool,
+        checkpoint_dir: Path | None = None,
+        start_small: bool = False,
     ) -> RunExecution:
         programs = self._programs(datasets, funcs)
         if not self._started or self._closed:
@@ -438,8 +476,22 @@ class Engine:
         group_size, controller = resolve_group_size(group_size)
         if not self._cluster.workers:
             await self.wait_for_workers(1, timeout=self.worker_timeout)
-        handles = sorted(self._cluster.workers.values(), key=lambda h: h.id)
+        handles = sorted(
+            (h for h in self._cluster.workers.values() if h.state == "running"),
+            key=lambda h: h.id,
+        )
         slots = interleave_slots((h.id, h.cores) for h in handles)
+        stateful = None
+        steps = state_steps(programs[0]) if programs else {}
+        if steps:
+            stateful = StatefulRun(
+                {sid: parts for sid, (parts, _step) in steps.items()},
+                self._checkpoints,
+                checkpoint_dir,
+                interval=self.checkpoint_interval,
+            )
+            if not self._checkpoints.live_on(stateful.expected, slots):
+                stateful.restore = await self._plan_restore(steps, slots)
         stages = programs[0].stages if programs else ()
         partitions = stages[-1].partitions if stages else 0
         scheduler = RunScheduler(
@@ -457,6 +509,8 @@ class Engine:
             slots=slots,
             next_group_size=controller.next_size if controller is not None else None,
         )
+        if start_small:  # after a loss: groups of 1 first, then double back to the size
+            scheduler.start_small()
         observe_group = None
         if controller is not None:
             metrics = self._metrics
@@ -479,6 +533,7 @@ class Engine:
             no_workers_timeout=self.no_workers_timeout,
             stall_timeout=self.stall_timeout,
             observe_group=observe_group,
+            stateful=stateful,
         )
         self._runs.add(run)
         try:
@@ -488,6 +543,55 @@ class Engine:
             run.close()
             raise
         return run
+
+    async def _plan_restore(
+        self, steps: dict[int, tuple[int, StateUpdate]], slots: list[SlotRef]
+    ) -> dict[tuple[str, int], bytes]:
+        """The state to ship with a stateful run's first group, whose partitions' live state
+        is not where the run places them (after a loss, or when workers joined or left).
+
+        It must be the state as of the batch before the run's first: the last checkpoint. If
+        that is older, ``ReplayNeeded`` says from which batch the stream must run again."""
+        expected = {sid: parts for sid, (parts, _step) in steps.items()}
+        (run_first,) = {step.run_first for _parts, step in steps.values()}
+
+        def resume_points() -> set[int]:
+            committed = self._checkpoints.committed_batch(expected)
+            return {
+                steps[sid][1].first_batch if batch is None else batch + 1
+                for sid, batch in committed.items()
+            }
+
+        def tail_in_flight() -> bool:  # groups of an earlier run of these states, unacked
+            return any(
+                run._stateful is not None and not run._stateful.expected.keys() - expected
+                for run in set(self._routes.values())
+            )
+
+        points = resume_points()
+        deadline = time.monotonic() + (self.stall_timeout or 60.0)
+        while points != {run_first} and tail_in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)  # their acks commit the checkpoint this run needs
+            points = resume_points()
+        if len(points) != 1:
+            raise StateOrderError(
+                f"cannot restore stream state: its states' checkpoints are at different "
+                f"micro-batches (would resume at {sorted(points)})"
+            )
+        (start,) = points
+        if start > run_first:
+            raise StateOrderError(
+                f"stream state is checkpointed at micro-batch {start - 1} but the stream's "
+                f"output stopped at {run_first - 1} (a run was stopped while groups were in "
+                "flight): the state is ahead of the output and cannot be moved"
+            )
+        if start < run_first:
+            raise ReplayNeeded(
+                start,
+                f"stream state is checkpointed at micro-batch {start - 1}: micro-batches "
+                f"{start}..{run_first - 1} must run again before {run_first}",
+            )
+        return self._checkpoints.restore_payloads(expected, slots, start - 1)
 
     def _programs(
         self, datasets: Sequence[Dataset], funcs: Func | Sequence[Func]
@@ -609,6 +713,7 @@ class Engine:
 
     def _on_lost(self, worker: WorkerHandle) -> None:
         self._blocks.forget_worker(worker.id)
+        self._checkpoints.forget_worker(worker.id)
         self._broadcast_cluster_view()
         for run in list(self._runs):
             run.on_worker_lost(worker)
@@ -664,6 +769,7 @@ class Engine:
                 "bytes_sent": frames["bytes_out"],
                 "bytes_received": frames["bytes_in"],
                 "blocks": self._blocks.statistics(),
+                "checkpoints": self._checkpoints.statistics(),
                 "refused_connections": dict(self._cluster.refused),
             }
         )

@@ -18,7 +18,7 @@ import itertools
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from adrizzle.api.partitioning import portable_hash
@@ -43,6 +43,7 @@ class PartitionState:
 
     data: dict[Any, Any]
     batch: int  # the last micro-batch applied
+    dirty: bool = field(default=False, compare=False)  # changed since its last checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ class StateUpdate:
         # Materialized: the state must be updated even if the action reads part of the output.
         out = list(self.func(cell.data, it, batch, batch == self.last_batch))
         cell.batch = batch
+        cell.dirty = True
         return iter(out)
 
 
@@ -309,6 +311,27 @@ class JobProgram:
             )
             for s in self.stages
         )
+
+
+def state_steps(program: JobProgram) -> dict[int, tuple[int, StateUpdate]]:
+    """The program's stateful steps: ``state_id -> (partitions of its stage, the step)``."""
+    found: dict[int, tuple[int, StateUpdate]] = {}
+    for stage in program.stages:
+        for step in stage.steps:
+            if step.kind == STATEFUL and isinstance(step.func, StateUpdate):
+                found[step.func.state_id] = (stage.partitions, step.func)
+    return found
+
+
+def restore_states(states: StateStore, state_ids: Iterable[int], cells: StateStore) -> None:
+    """Replace every partition of these states by ``cells`` (a checkpoint's), dropping the
+    partitions not in it: what a slot held of them may be ahead of the checkpoint."""
+    ids = set(state_ids)
+    for key in [k for k in states if k[0] in ids]:
+        del states[key]
+    for key, cell in cells.items():
+        cell.dirty = False
+        states[key] = cell
 
 
 def stage_waves(stages: tuple[StageProgram, ...]) -> list[list[int]]:

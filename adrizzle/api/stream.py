@@ -20,6 +20,14 @@ State: ``update_state`` and the windows keep per-key state on the slot that owns
 (the slot's state store, keyed by state id and partition); only outputs travel. Batches of a
 partition apply in batch order; a second ``run()`` continues with the source's next batch.
 
+Fault tolerance: the state is checkpointed at group boundaries (``adrizzle.driver.checkpoint``).
+When a worker is lost (or a frame or data link), the run is rolled back: the next run restores
+the last checkpoint on the workers left and replays the batches since from the source (a live
+source's batches are kept on the driver until a checkpoint covers them); batches delivered
+before are not delivered again, so sinks and consumers see every batch exactly once and the
+state counts every batch once. When workers join or leave, the partitions move at the next run
+of the stream (a run spans at most a few groups), their state restored from the checkpoint.
+
     >>> stream = engine.stream(read_log, partitions=4, batch_interval=0.05)  # doctest: +SKIP
     >>> totals = stream.map(lambda x: ("total", x)).update_state(add_values, combine=add)
     >>> async for update in totals.run(batches=100, group_size="auto"):
@@ -32,10 +40,12 @@ import asyncio
 import dataclasses
 import functools
 import inspect
+import logging
 import math
 import operator
 import time
 import weakref
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adrizzle.api.dataset import Dataset
@@ -48,17 +58,22 @@ from adrizzle.api.windows import (
     merge_marked,
 )
 from adrizzle.driver.adaptive import resolve_group_size
+from adrizzle.errors import ReplayNeeded, StateRollback
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 
     from adrizzle.api.engine import Engine
     from adrizzle.driver.adaptive import GroupSize
 
+log = logging.getLogger("adrizzle.stream")
 # A run holds at least this many batches, and this many groups of the current size, so that a
 # run boundary (where the engine's window of groups in flight drains once) stays rare.
 MIN_RUN_BATCHES = 64
 GROUPS_PER_RUN = 4
+# A stream gives up after this many roll-backs in a row without delivering a new batch.
+MAX_ROLLBACKS = 10
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,8 +109,10 @@ class _Origin:
         start: float | None = None,
         batches: int | None = None,
         max_batch: int = 100_000,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.engine = engine
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.partitions = partitions
         self.source = source
         self.live = live
@@ -109,6 +126,8 @@ class _Origin:
         self.cut_signal = asyncio.Event()
         self.live_iter: AsyncIterator[Any] | None = None
         self.live_next: asyncio.Future[Any] | None = None  # survives a run that stops
+        # live, stateful: items of batches run but not yet covered by a checkpoint (replay)
+        self.kept: dict[int, list[Any]] = {}
 
     def due(self, batch: int) -> float | None:
         """When the batch's data was complete: its interval's end, or when it was cut."""
@@ -120,8 +139,12 @@ class _Origin:
 
     def dataset(self, ctx: _BuildContext) -> Dataset:
         if self.live is not None:
-            assert ctx.batch is not None
-            return self.engine.parallelize(self.cut.pop(ctx.batch), self.partitions)
+            b = ctx.batch
+            assert b is not None
+            items = self.cut.pop(b) if b in self.cut else self.kept[b]
+            if ctx.keep:
+                self.kept[b] = items
+            return self.engine.parallelize(items, self.partitions)
         assert self.source is not None
         source = BatchSource(
             self.engine._new_node_id(),
@@ -142,6 +165,7 @@ class _BuildContext:
     run_first: int
     last_batch: int | None
     batch: int | None = None
+    keep: bool = False  # keep a live batch's items for a replay
     memo: dict[int, Dataset] = dataclasses.field(default_factory=dict)
 
 
@@ -156,12 +180,14 @@ class Stream:
         partitions: int,
         build: Callable[[_BuildContext], Dataset],
         sinks: tuple[Callable[[StreamBatch], Any], ...] = (),
+        state_ids: frozenset[int] = frozenset(),
     ) -> None:
         self._origin = origin
         self.engine = origin.engine
         self.partitions = partitions
         self._build_fn = build
         self._sinks = sinks
+        self._state_ids = state_ids  # the stateful steps this stream's batches go through
 
     # -- construction --------------------------------------------------------------------
 
@@ -175,6 +201,7 @@ class Stream:
         batch_interval: float | None = None,
         start: float | None = None,
         batches: int | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
     ) -> Stream:
         if not callable(source):
             raise TypeError("a stream source must be callable as source(batch, partition)")
@@ -190,6 +217,7 @@ class Stream:
             batch_interval=batch_interval,
             start=start,
             batches=batches,
+            checkpoint_dir=checkpoint_dir,
         )
         return cls(origin, partitions, origin.dataset)
 
@@ -202,6 +230,7 @@ class Stream:
         *,
         batch_interval: float,
         max_batch: int,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
     ) -> Stream:
         if not hasattr(items, "__aiter__"):
             raise TypeError(f"stream_from() needs an async iterable, got {type(items).__name__}")
@@ -211,14 +240,28 @@ class Stream:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         origin = _Origin(
-            engine, partitions, live=items, batch_interval=batch_interval, max_batch=max_batch
+            engine,
+            partitions,
+            live=items,
+            batch_interval=batch_interval,
+            max_batch=max_batch,
+            checkpoint_dir=checkpoint_dir,
         )
         return cls(origin, partitions, origin.dataset)
 
     def _derive(
-        self, build: Callable[[_BuildContext], Dataset], partitions: int | None = None
+        self,
+        build: Callable[[_BuildContext], Dataset],
+        partitions: int | None = None,
+        state_ids: frozenset[int] = frozenset(),
     ) -> Stream:
-        return Stream(self._origin, partitions or self.partitions, build, self._sinks)
+        return Stream(
+            self._origin,
+            partitions or self.partitions,
+            build,
+            self._sinks,
+            self._state_ids | state_ids,
+        )
 
     def _dataset(self, ctx: _BuildContext) -> Dataset:
         ds = ctx.memo.get(id(self))
@@ -275,7 +318,9 @@ class Stream:
             raise TypeError(f"join() needs a Stream or a Dataset, got {type(other).__name__}")
         if other._origin is not self._origin:
             raise ValueError("join: both streams must come from the same source")
-        return self._derive(lambda ctx: self._dataset(ctx).join(other._dataset(ctx), n), n)
+        return self._derive(
+            lambda ctx: self._dataset(ctx).join(other._dataset(ctx), n), n, other._state_ids
+        )
 
     # -- state ---------------------------------------------------------------------------
 
@@ -294,9 +339,11 @@ class Stream:
             update = StateUpdate(state_id, first[0], ctx.run_first, func, ctx.last_batch)
             return before(self._dataset(ctx)).with_state(update)
 
-        stream = self._derive(build, partitions)
-        # The slots drop this state once the stream is gone (piggybacked on a later launch).
+        stream = self._derive(build, partitions, frozenset({state_id}))
+        # The slots drop this state once the stream is gone (piggybacked on a later launch),
+        # and the driver its checkpoint.
         weakref.finalize(stream, self.engine._blocks.release, state_id)
+        weakref.finalize(stream, self.engine._checkpoints.release, state_id)
         return stream
 
     def update_state(
@@ -383,7 +430,9 @@ class Stream:
         if not callable(func):
             raise TypeError(f"sink() needs a callable, got {type(func).__name__}")
         # No operator: the new node builds through this one, so datasets stay shared.
-        return Stream(self._origin, self.partitions, self._dataset, (*self._sinks, func))
+        return Stream(
+            self._origin, self.partitions, self._dataset, (*self._sinks, func), self._state_ids
+        )
 
     def run(
         self,
@@ -472,23 +521,35 @@ class StreamRun:
         feeder: asyncio.Task[None] | None = None
         if origin.live is not None:
             feeder = asyncio.get_running_loop().create_task(_feed_live(origin))
+        keep = origin.live is not None and bool(stream._state_ids)
+        # After a roll-back: run again from this batch (restored to the state before it);
+        # batches below origin.next_batch were delivered already and are not delivered again.
+        resume: int | None = None
+        after_loss = False
+        rollbacks = 0
         try:
             while origin.next_batch < end:
-                first = origin.next_batch
+                first = origin.next_batch if resume is None else resume
                 if origin.live is not None:
-                    await _wait_cut(origin, first, feeder)
-                    if origin.batches is not None:
-                        end = min(end, origin.batches)
-                    if first >= end:
-                        break
-                    count = min(len(origin.cut), self._run_length())
+                    if first not in origin.kept:
+                        await _wait_cut(origin, first, feeder)
+                        if origin.batches is not None:
+                            end = min(end, origin.batches)
+                        if first >= end:
+                            break
+                    count = 0
+                    limit = self._run_length()
+                    while count < limit and (
+                        first + count in origin.kept or first + count in origin.cut
+                    ):
+                        count += 1
                 else:
                     count = self._run_length()
                 last_batch = int(min(end, first + count))
                 final = None if origin.batches is None else origin.batches - 1
                 if origin.live is not None:
                     datasets = [
-                        stream._dataset(_BuildContext(first, final, b))
+                        stream._dataset(_BuildContext(first, final, b, keep))
                         for b in range(first, last_batch)
                     ]
                 else:
@@ -504,25 +565,51 @@ class StreamRun:
                 if self.timeout is not None:
                     due = origin.due(last_batch - 1)
                     timeout = self.timeout + max(0.0, (due or 0.0) - time.time())
-                async for job in engine.iter_jobs(
-                    datasets,
-                    list,
-                    group_size=self._fixed,
-                    pre_schedule=self.pre_schedule,
-                    timeout=timeout,
-                ):
-                    assert job.values is not None
-                    b = first + job.index
-                    values = [v for part in job.values for v in part]
-                    batch = StreamBatch(b, values, time.time(), origin.due(b))
-                    origin.cut_at.pop(b, None)
-                    origin.next_batch = b + 1
-                    for sink in stream._sinks:
-                        result = sink(batch)
-                        if inspect.isawaitable(result):
-                            await result
-                    yield batch
+                try:
+                    run = await engine._start_run(
+                        datasets,
+                        list,
+                        self._fixed,
+                        self.pre_schedule,
+                        checkpoint_dir=origin.checkpoint_dir,
+                        start_small=after_loss,
+                    )
+                    # ``datasets`` stays referenced during the run: a dataset collected on
+                    # the driver releases its source blocks on the slots.
+                    async for job in engine._results(run, timeout, False):
+                        assert job.values is not None
+                        b = first + job.index
+                        if b < origin.next_batch:
+                            continue  # replayed for the state only: delivered before
+                        rollbacks = 0
+                        values = [v for part in job.values for v in part]
+                        batch = StreamBatch(b, values, time.time(), origin.due(b))
+                        origin.cut_at.pop(b, None)
+                        origin.next_batch = b + 1
+                        for sink in stream._sinks:
+                            result = sink(batch)
+                            if inspect.isawaitable(result):
+                                await result
+                        yield batch
+                except ReplayNeeded as exc:
+                    log.info("%s", exc)
+                    resume = exc.from_batch
+                    continue
+                except StateRollback as exc:
+                    rollbacks += 1
+                    if rollbacks > MAX_ROLLBACKS:
+                        raise StateRollback(
+                            f"{rollbacks} roll-backs in a row without a new micro-batch: {exc}"
+                        ) from exc
+                    log.warning("stream rolled back (%s); restarting from its checkpoint", exc)
+                    resume, after_loss = None, True
+                    continue
+                resume, after_loss = None, False
                 del datasets
+                if keep:  # a checkpoint covers these: no replay will need their items
+                    covered = engine._checkpoints.covered_through(stream._state_ids)
+                    for b in [b for b in origin.kept if covered is not None and b <= covered]:
+                        del origin.kept[b]
         finally:
             if feeder is not None:
                 feeder.cancel()

@@ -31,6 +31,7 @@ from adrizzle.wire.messages import (
     Message,
     PeerLost,
     Shutdown,
+    StateCheckpoint,
 )
 
 if TYPE_CHECKING:
@@ -40,7 +41,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("adrizzle.driver")
 
-WORKER_MESSAGES = (BatchResult, GroupDone, GroupFailed, Draining, PeerLost, Heartbeat)
+WORKER_MESSAGES = (
+    BatchResult,
+    GroupDone,
+    GroupFailed,
+    Draining,
+    PeerLost,
+    Heartbeat,
+    StateCheckpoint,
+)
 
 
 @dataclasses.dataclass(slots=True)

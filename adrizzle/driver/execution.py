@@ -15,6 +15,7 @@ acknowledged, map outputs are held where they were made, and reducers fetch them
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import pickle
 import time
@@ -25,12 +26,14 @@ import cloudpickle
 
 from adrizzle.api.program import ShippedSource, ShuffleRead, stage_waves
 from adrizzle.driver.adaptive import GroupClock
+from adrizzle.driver.checkpoint import Piece
 from adrizzle.driver.scheduler import interleave_slots, place_partitions
 from adrizzle.errors import (
     AdrizzleError,
     NoWorkersError,
     RunTimeoutError,
     SerializationError,
+    StateRollback,
 )
 from adrizzle.wire.messages import (
     BatchResult,
@@ -39,14 +42,17 @@ from adrizzle.wire.messages import (
     GroupFailed,
     LaunchGroup,
     Message,
+    StateCheckpoint,
 )
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
+    from pathlib import Path
 
     from adrizzle.api.program import JobProgram
     from adrizzle.driver.adaptive import GroupTiming
     from adrizzle.driver.blocks import BlockRegistry
+    from adrizzle.driver.checkpoint import StateCheckpoints
     from adrizzle.driver.cluster import WorkerHandle
     from adrizzle.driver.metrics import DriverMetrics
     from adrizzle.driver.scheduler import GroupPlan, JobOutcome, RunScheduler, SlotRef
@@ -72,7 +78,24 @@ def run_waves(program: JobProgram, pre_schedule: bool) -> list[list[int]]:
     return stage_waves(program.stages)
 
 
+@dataclasses.dataclass(slots=True)
+class StatefulRun:
+    """What a run with stream state needs: its states (``state id -> partitions``), where
+    checkpoints go, the state to ship with its first group, and how often to checkpoint."""
+
+    expected: dict[int, int]
+    checkpoints: StateCheckpoints
+    directory: Path | None = None
+    restore: dict[tuple[str, int], bytes] | None = None
+    interval: float = 0.0  # at most one checkpointed group per this many seconds (0: all)
+
+
 class RunExecution:
+    """One run on the cluster. A run with stream state (``stateful``) checkpoints it at group
+    boundaries and does not recover in place: after a loss it rolls back (``StateRollback``),
+    and the stream restarts from the last checkpoint on the workers left; when workers join
+    or drain it stops planning groups, so the stream places its partitions anew."""
+
     def __init__(
         self,
         *,
@@ -90,6 +113,7 @@ class RunExecution:
         no_workers_timeout: float = 30.0,
         stall_timeout: float | None = 60.0,
         observe_group: Callable[[GroupTiming], None] | None = None,
+        stateful: StatefulRun | None = None,
     ) -> None:
         self.sched = scheduler
         self.programs = programs
@@ -131,6 +155,9 @@ class RunExecution:
         # Per-group timings for the adaptive group size (only when someone observes them).
         self._observe_group = observe_group
         self._clock = GroupClock() if observe_group is not None else None
+        self._stateful = stateful
+        self._pieces: dict[int, list[Piece]] = {}  # group -> state checkpoint pieces so far
+        self._last_checkpoint = -1e9
 
     # -- control -------------------------------------------------------------------------
 
@@ -156,6 +183,9 @@ class RunExecution:
         assert self._stall_timeout is not None
         silent = time.perf_counter() - self._progress_at
         if (self.sched.in_flight or self.sched.incomplete) and silent > self._stall_timeout:
+            if self._stateful is not None:
+                self._rollback(f"no progress for {silent:.1f} s")
+                return
             in_flight = sorted(self.sched.in_flight)
             aborted = self.sched.recover_stalled()
             log.warning(
@@ -180,6 +210,7 @@ class RunExecution:
         """Forget aborted groups here and on the workers (their late frames are ignored)."""
         for plan in aborted:
             self._routes.pop(plan.group, None)
+            self._pieces.pop(plan.group, None)
             if self._clock is not None:
                 self._clock.forget(plan.group)
         if aborted:
@@ -253,6 +284,12 @@ class RunExecution:
         )
         self._routes[plan.group] = self
         placement_workers, placement_slots, slot_index = self._placement_of(plan)
+        checkpoint, restore = 0, None
+        if self._stateful is not None:
+            if plan.wave == 0 and t0 - self._last_checkpoint >= self._stateful.interval:
+                checkpoint, self._last_checkpoint = 1, t0
+            if plan.wave == 0:
+                restore, self._stateful.restore = self._stateful.restore, None
         for share in plan.shares:
             handle = self._workers.get(share.worker)
             if handle is None or not handle.channel.is_open:
@@ -267,6 +304,11 @@ class RunExecution:
                 )
                 for slot in share.slot_ids
             ]
+            state = (
+                [restore.get((share.worker, slot), b"") for slot in share.slot_ids]
+                if restore
+                else []
+            )
             msg = LaunchGroup(
                 group=plan.group,
                 first_job=plan.first_job,
@@ -281,8 +323,16 @@ class RunExecution:
                 linger_us=self._linger_us,
                 hold=0 if self._pre_schedule else 1,
                 fetch=fetch,
+                slot_state=[len(b) for b in state],
+                checkpoint=checkpoint,
             )
-            handle.channel.send(msg, b"".join((blob, *data)) if any(data) else blob)
+            if any(data) or any(state):
+                parts = [blob]
+                for i, d in enumerate(data):
+                    parts += (d, state[i]) if state else (d,)
+                handle.channel.send(msg, b"".join(parts))
+            else:
+                handle.channel.send(msg, blob)
         if plan.wave == 0:
             self._metrics.group_launched(plan.last_job - plan.first_job)
             self._launched_at.update(dict.fromkeys(plan.jobs, t0))
@@ -322,6 +372,13 @@ class RunExecution:
                     for outcome in done:
                         self._clock.job_done(outcome.index, now)
                 self._deliver(done)
+        elif type(msg) is StateCheckpoint:
+            if len(msg.keys) != len(msg.batches) or any(len(k) != 2 for k in msg.keys):
+                self._fail(AdrizzleError(f"malformed state checkpoint from {worker.id}"))
+                return
+            self._pieces.setdefault(msg.group, []).append(
+                Piece([(k[0], k[1]) for k in msg.keys], msg.batches, payload, worker.id, msg.slot)
+            )
         elif type(msg) is GroupFailed:
             self._blocks.forget_slot(msg.worker, msg.slot)  # its data may not have loaded
             self._fail(SerializationError(msg.reason))
@@ -339,6 +396,12 @@ class RunExecution:
             elif finished:
                 del self._routes[msg.group]
                 self._metrics.group_acked()
+                pieces = self._pieces.pop(msg.group, None)
+                if pieces and self._stateful is not None:
+                    st = self._stateful
+                    st.checkpoints.commit(
+                        pieces, st.expected, st.directory, asyncio.get_running_loop()
+                    )
                 self._group_finished(msg.group)
                 self._launch_more()
         self.coordination_s += time.perf_counter() - t0
@@ -356,6 +419,10 @@ class RunExecution:
         re-shipped from the driver, cached partitions and shuffle outputs recomputed)."""
         if self._failure is not None or self.sched.finished:
             return
+        if self._stateful is not None:
+            if self.uses_worker(worker.id) or any(s.worker == worker.id for s in self.sched.shares):
+                self._rollback(f"worker {worker.id} was lost", lost=worker.id)
+            return
         self._abandon(self.sched.recover(worker.id), lost=worker.id)
         self.place_on_live_workers(exclude=worker.id)
         self._launch_more()
@@ -364,6 +431,13 @@ class RunExecution:
         """The data link between two workers broke: map outputs between them may be lost, so
         re-run the groups that placed work on both (the workers themselves stay)."""
         if self._failure is not None or self.sched.finished:
+            return
+        if self._stateful is not None:
+            if any(
+                {worker, peer} <= {share.worker for share in st.plan.shares}
+                for st in self.sched.in_flight.values()
+            ):
+                self._rollback(f"data link {worker} <-> {peer} lost")
             return
         aborted = self.sched.recover_link(worker, peer)
         if aborted:
@@ -394,6 +468,12 @@ class RunExecution:
         slots = interleave_slots((h.id, h.cores) for h in handles)
         if slots == self.sched.slots:
             return
+        if self._stateful is not None and slots:
+            # State lives on the slots: plan no more groups here; the stream's next run
+            # moves the partitions (restoring their state from the checkpoint).
+            self.sched.stop_planning()
+            self._wake()
+            return
         partitions = self.sched.partitions
         shares = (
             place_partitions(partitions, slots, self._stage_partitions)
@@ -414,6 +494,22 @@ class RunExecution:
             self._starved = asyncio.get_running_loop().call_later(
                 self._no_workers_timeout, self._no_workers
             )
+
+    def _rollback(self, reason: str, lost: str | None = None) -> None:
+        """Stream state may be lost or ahead of its checkpoint: drop every group in flight
+        (here and on the workers) and end the run with ``StateRollback``; the stream restores
+        the last checkpoint on the workers left and replays the batches since."""
+        assert self._stateful is not None
+        aborted = self.sched.abort_all()
+        self._abandon(aborted, lost=lost)
+        if not aborted:
+            self._metrics.recoveries += 1
+        self._stateful.checkpoints.invalidate(self._stateful.expected)
+        self._stateful.restore = None
+        log.warning("%s: rolling back stream state to its last checkpoint", reason)
+        if self._failure is None:
+            self._failure = StateRollback(f"{reason}: {self.sched.describe_progress()}")
+        self._wake()
 
     def uses_worker(self, worker: str) -> bool:
         """Whether a group in flight has work on ``worker`` (a draining worker waits)."""

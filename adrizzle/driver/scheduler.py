@@ -307,6 +307,25 @@ class RunScheduler:
             self._regrow = 1
         return result
 
+    def abort_all(self) -> list[GroupPlan]:
+        """Abort every group in flight and plan nothing more (a stateful run rolls back)."""
+        aborted = [st.plan for st in self.in_flight.values()]
+        self.in_flight.clear()
+        for plan in aborted:
+            for job in plan.jobs:
+                self._reset(job)
+        self.redo = []
+        return aborted
+
+    def start_small(self) -> None:
+        """Plan the next group with one job, then double the size back (as after a loss)."""
+        self._regrow = 1
+
+    def stop_planning(self) -> None:
+        """Plan no more groups: the run ends once the groups launched so far are delivered."""
+        self.redo = []
+        self.n_jobs = min(self.n_jobs, self.next_job)
+
     @property
     def incomplete(self) -> bool:
         """Some launched job still lacks results."""

@@ -74,8 +74,11 @@ class LaunchGroup(Message):
     (``n`` = number of slots), so every slot derives its own tasks and every map task knows
     where each reducer lives. ``slot_ids`` are this worker's slots with tasks. The payload is
     the group's program (``program_len`` bytes, pickled once per group) followed by, per slot,
-    ``slot_data[i]`` bytes of source blocks that slot lacks. The worker never unpickles it.
-    ``hold`` (BSP mode) keeps map outputs on the map side until reducers ``fetch`` them.
+    ``slot_data[i]`` bytes of source blocks that slot lacks, then ``slot_state[i]`` bytes of
+    stream state to restore before the group runs (empty list: none). The worker never
+    unpickles it. ``hold`` (BSP mode) keeps map outputs on the map side until reducers
+    ``fetch`` them. ``checkpoint``: each slot sends its changed stream state
+    (``state_checkpoint``) when it finishes the group.
     """
 
     TAG: ClassVar[str] = "launch_group"
@@ -92,6 +95,8 @@ class LaunchGroup(Message):
     linger_us: int = 0
     hold: int = 0
     fetch: list[int] = dataclasses.field(default_factory=list)
+    slot_state: list[int] = dataclasses.field(default_factory=list)
+    checkpoint: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -202,6 +207,8 @@ class RunTasks(Message):
     release: list[int]
     linger_us: int = 0
     hold: int = 0
+    state_len: int = 0  # the payload's last bytes: stream state to restore first
+    checkpoint: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -245,6 +252,20 @@ class GroupFailed(Message):
     worker: str
     slot: int
     reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StateCheckpoint(Message):
+    """Slot to driver (through its worker), at the end of a group launched with
+    ``checkpoint``: the stream state the group changed, pickled in the payload as
+    ``{(state_id, partition): PartitionState}``. ``keys[i] = [state_id, partition]`` and
+    ``batches[i]`` (the last micro-batch applied to it) let the driver file it unopened."""
+
+    TAG: ClassVar[str] = "state_checkpoint"
+    group: int
+    slot: int
+    keys: list[list[int]]
+    batches: list[int]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -327,6 +348,7 @@ _register(
     CancelGroups,
     Draining,
     PeerLost,
+    StateCheckpoint,
 )
 
 HANDSHAKE_TYPES: frozenset[type[Message]] = frozenset({Hello, Auth, Error})

@@ -44,6 +44,7 @@ from adrizzle.wire.messages import (
     RunTasks,
     Shutdown,
     SlotDone,
+    StateCheckpoint,
 )
 from adrizzle.worker.peers import PeerLinks
 from adrizzle.worker.slots import Slot, SlotPool
@@ -303,11 +304,12 @@ class WorkerRuntime:
 
     def _launch(self, msg: LaunchGroup, payload: bytes) -> None:
         n = len(msg.slot_ids)
-        if len(msg.slot_data) != n:
+        state = msg.slot_state or [0] * n
+        if len(msg.slot_data) != n or len(state) != n:
             raise RemoteProtocolError("launch_group: slot lists differ in length")
         if len(msg.placement_workers) != len(msg.placement_slots):
             raise RemoteProtocolError("launch_group: placement lists differ in length")
-        if msg.program_len + sum(msg.slot_data) != len(payload):
+        if msg.program_len + sum(msg.slot_data) + sum(state) != len(payload):
             raise RemoteProtocolError("launch_group: payload length does not match its parts")
         if any(not 0 <= s < len(self.pool.slots) for s in msg.slot_ids):
             raise RemoteProtocolError(f"launch_group: slot ids {msg.slot_ids} out of range")
@@ -315,7 +317,7 @@ class WorkerRuntime:
         view = memoryview(payload)
         program = view[: msg.program_len]
         offset = msg.program_len
-        for slot_id, data_len in zip(msg.slot_ids, msg.slot_data, strict=True):
+        for slot_id, data_len, state_len in zip(msg.slot_ids, msg.slot_data, state, strict=True):
             run = RunTasks(
                 group=msg.group,
                 first_job=msg.first_job,
@@ -329,9 +331,11 @@ class WorkerRuntime:
                 release=msg.release,
                 linger_us=msg.linger_us,
                 hold=msg.hold,
+                state_len=state_len,
+                checkpoint=msg.checkpoint,
             )
-            data = view[offset : offset + data_len]
-            offset += data_len
+            data = view[offset : offset + data_len + state_len]
+            offset += data_len + state_len
             body = payload if n == 1 else b"".join((program, data))
             self.pool.slots[slot_id].channel.send(run, body)
         if msg.fetch:  # BSP: pull this wave's inputs from every map side
@@ -402,7 +406,7 @@ class WorkerRuntime:
         channel = self.channel
         if channel is None or not channel.is_open:
             return
-        if type(msg) is BatchResult or type(msg) is GroupFailed:
+        if type(msg) is BatchResult or type(msg) is GroupFailed or type(msg) is StateCheckpoint:
             channel.send(msg, payload)
         elif type(msg) is MapOutputReady:
             self._route_block(msg, payload)

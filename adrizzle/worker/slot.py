@@ -31,6 +31,7 @@ from adrizzle.api.program import (
     StageProgram,
     StateStore,
     TaskFailure,
+    restore_states,
 )
 from adrizzle.wire.framing import FrameDecoder, FrameLimits, encode_frame
 from adrizzle.wire.messages import (
@@ -42,6 +43,7 @@ from adrizzle.wire.messages import (
     Shutdown,
     SlotDone,
     SlotReady,
+    StateCheckpoint,
     decode_meta,
     encode_meta,
 )
@@ -272,10 +274,12 @@ class SlotProcess:
         for run, payload in self.queue:
             if run.group not in self.cancelled:
                 kept.append((run, payload))
-            elif len(payload) > run.program_len:
-                # The driver counts source blocks as shipped once sent: keep them.
+            elif len(payload) - run.state_len > run.program_len:
+                # The driver counts source blocks as shipped once sent: keep them. (State to
+                # restore is dropped: whoever cancelled the group restores it again.)
                 try:
-                    self.store.update(pickle.loads(memoryview(payload)[run.program_len :]))
+                    data = memoryview(payload)[run.program_len : len(payload) - run.state_len]
+                    self.store.update(pickle.loads(data))
                 except Exception:
                     pass  # reported when a task needs the block
         self.queue = kept
@@ -300,8 +304,13 @@ class SlotProcess:
         try:
             # Data first: the driver counts it as shipped, so a bad program must not lose it.
             what = "source data"
-            if len(payload) > msg.program_len:
-                self.store.update(pickle.loads(view[msg.program_len :]))
+            data_end = len(payload) - msg.state_len
+            if data_end > msg.program_len:
+                self.store.update(pickle.loads(view[msg.program_len : data_end]))
+            what = "stream state"
+            if msg.state_len:
+                state_ids, cells = pickle.loads(view[data_end:])
+                restore_states(self.states, state_ids, cells)
             what = "program"
             programs: list[JobProgram] = pickle.loads(view[: msg.program_len])
         except Exception as exc:  # e.g. a function pickled by reference to a missing module
@@ -380,6 +389,8 @@ class SlotProcess:
                 failed_total += failed
                 result_jobs_left -= 1
                 self.sender.add(msg, result_parts, job, values, failed, result_jobs_left == 0)
+        if msg.checkpoint:
+            self.send_checkpoint(msg)
         busy_us = int((time.perf_counter() - started - waited) * 1e6)
         self.sender.finish_group(
             msg.group,
@@ -389,6 +400,34 @@ class SlotProcess:
             unpicklable_before,
             (self.pushed_blocks, self.pushed_bytes),
         )
+
+    def send_checkpoint(self, msg: RunTasks) -> None:
+        """Send the stream state changed since the last checkpoint (DESIGN.md section 7)."""
+        changed = {key: cell for key, cell in self.states.items() if cell.dirty}
+        if not changed:
+            return
+        try:
+            payload = bytes(cloudpickle.dumps(changed))
+        except Exception as exc:
+            reason = (
+                f"worker {msg.worker} slot {msg.slot} cannot checkpoint the stream state of "
+                f"jobs {msg.first_job}..{msg.last_job - 1} (states must be picklable): "
+                f"{type(exc).__name__}: {exc}"
+            )
+            self.sender.send(
+                encode_frame(encode_meta(GroupFailed(msg.group, msg.worker, msg.slot, reason)))
+            )
+            return
+        group = msg.group
+        for cell in changed.values():
+            cell.dirty = False
+        notice = StateCheckpoint(
+            group=group,
+            slot=msg.slot,
+            keys=[list(key) for key in changed],
+            batches=[cell.batch for cell in changed.values()],
+        )
+        self.sender.send(encode_frame(encode_meta(notice), payload))
 
     def ready(self, programs: list[JobProgram], msg: RunTasks, task: tuple[int, int, int]) -> bool:
         job, stage_index, p = task

@@ -27,9 +27,10 @@ from adrizzle.wire.messages import (
     Shutdown,
     SlotDone,
     SlotReady,
+    StateCheckpoint,
 )
 
-SLOT_MESSAGES = (SlotReady, BatchResult, SlotDone, MapOutputReady, GroupFailed)
+SLOT_MESSAGES = (SlotReady, BatchResult, SlotDone, MapOutputReady, GroupFailed, StateCheckpoint)
 
 
 @dataclasses.dataclass(slots=True)

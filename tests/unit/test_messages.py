@@ -34,6 +34,7 @@ from adrizzle.wire.messages import (
     Shutdown,
     SlotDone,
     SlotReady,
+    StateCheckpoint,
     decode_meta,
     encode_meta,
 )
@@ -63,6 +64,8 @@ SAMPLES: list[Message] = [
         slot_data=[0, 17],
         program_len=99,
         release=[1, 2],
+        slot_state=[5, 0],
+        checkpoint=1,
     ),
     BatchResult(group=3, jobs=[11, 12], parts=[0, 2], failed=[0, 1]),
     GroupDone(group=3, tasks=16, failed=1, busy_us=12345, pushed_blocks=4, pushed_bytes=999),
@@ -79,6 +82,8 @@ SAMPLES: list[Message] = [
         slot=0,
         program_len=99,
         release=[],
+        state_len=5,
+        checkpoint=1,
     ),
     ClusterView(workers=["w1", "w2"], data_addresses=["127.0.0.1:1", "127.0.0.1:2"]),
     MapOutputReady(group=3, job=4, shuffle=0, map_part=2, worker="w2", slot=1, reduce_parts=[1, 3]),
@@ -88,6 +93,7 @@ SAMPLES: list[Message] = [
     Draining(reason="received SIGTERM"),
     PeerLost(peer="w2", reason="data link closed"),
     SlotDone(group=3, tasks=8, failed=0, busy_us=777, pushed_blocks=2, pushed_bytes=500),
+    StateCheckpoint(group=3, slot=1, keys=[[7, 0], [7, 2]], batches=[41, 41]),
 ]
 
 
