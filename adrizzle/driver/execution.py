@@ -168,6 +168,7 @@ class RunExecution:
         # before that group is sent.
         if self.programs:
             serialize_programs(self.programs[:1], 0)
+        self._watch_starved()  # every connected worker may be draining
         self._launch_more()
         if self._stall_timeout:
             self._stall_timer = asyncio.get_running_loop().call_later(
@@ -481,11 +482,15 @@ class RunExecution:
             else []
         )
         self.sched.set_placement(slots, shares)
-        if slots:
+        self._watch_starved()
+
+    def _watch_starved(self) -> None:
+        """With no slot to place on, fail after ``no_workers_timeout`` unless one joins."""
+        if self.sched.slots:
             if self._starved is not None:
                 self._starved.cancel()
                 self._starved = None
-        elif self._starved is None and partitions:
+        elif self._starved is None and self.sched.partitions:
             log.warning(
                 "no worker to place groups on (connected: %s); waiting up to %g s for one",
                 {h.id: (h.state, h.channel.describe()) for h in self._workers.values()} or "none",
