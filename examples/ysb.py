@@ -30,7 +30,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import adrizzle
@@ -186,11 +186,14 @@ async def run_ysb(
     align: bool = False,
     progress: bool = False,
     give_up_behind: float | None = None,
+    on_batch: Callable[[adrizzle.StreamBatch], Any] | None = None,
 ) -> dict[str, Any]:
     """One YSB run on ``engine``; returns the summary (see the module doc).
 
     ``give_up_behind``: stop early once a batch is done more than this many seconds after its
-    interval ended (the rate is not sustainable); the summary then says ``gave_up``."""
+    interval ended (the rate is not sustainable); the summary then says ``gave_up``.
+    ``on_batch(update)`` is called with every micro-batch's output as it arrives (a benchmark
+    records latencies there, or kills a worker at a chosen batch)."""
     interval_ms = round(batch_interval * 1000)
     if interval_ms < 1 or abs(interval_ms - batch_interval * 1000) > 1e-6:
         raise ValueError("the batch interval must be a whole number of milliseconds")
@@ -224,6 +227,8 @@ async def run_ysb(
     updates = aiter(run)
     gave_up = False
     async for update in updates:
+        if on_batch is not None:
+            on_batch(update)
         last_done = update.done_at
         if give_up_behind is not None and (update.latency or 0.0) > give_up_behind:
             gave_up = True
