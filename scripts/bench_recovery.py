@@ -160,7 +160,7 @@ class DriverLog(logging.Handler):
 
 @contextlib.contextmanager
 def watching_driver(trace: Trace) -> Iterator[None]:
-    logger = logging.getLogger("adrizzle.driver")
+    logger = logging.getLogger("adrizzle")
     handler = DriverLog(trace.log)
     logger.addHandler(handler)
     try:

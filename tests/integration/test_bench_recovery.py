@@ -35,6 +35,6 @@ def test_running_sum_stays_exact_across_a_kill(group_size: int) -> None:
 
 
 def test_ysb_window_counts_stay_exact_across_a_kill() -> None:
-    trace = adrizzle.run(br.ysb_run(0.6, "auto", rate=2000, window=0.2))
+    trace = adrizzle.run(br.ysb_run(0.6, "auto", rate=2000, window=1.0))
     assert trace.batches == 60
     assert_exact_after_the_kill(trace)  # every window count checked against plain Python
