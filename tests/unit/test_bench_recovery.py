@@ -55,7 +55,9 @@ def test_recovery_is_when_latency_is_back_within_2x_and_stays() -> None:
     assert row["exact"]
     assert row["normal_ms"] == pytest.approx(3.0)
     assert row["detected_s"] == pytest.approx(0.001)  # the first warning naming local-1
-    assert row["worst_after_ms"] == pytest.approx(490.0)  # the first batch due after the kill
+    assert row["worst_ms"] == pytest.approx(490.0)  # the first batch due after the kill
+    assert row["worst_at_s"] == pytest.approx(0.5 - 0.0031)  # kill: 3.1 ms after batch 200 due
+    assert row["longest_gap_ms"] == pytest.approx(497.0)  # from batch 200 (3 ms late) on
     # The backlog drains 9 ms faster per batch than it was due: latency is back under 6 ms
     # about 0.5 / 0.009 = 56 batches after the kill (plus the 9-batch median's delay).
     back = row["recovered_batch"] - trace.kill_batch
@@ -76,6 +78,8 @@ def test_single_batch_jitter_neither_delays_nor_fakes_a_recovery() -> None:
     # A spike while the backlog drains shifts the 9-batch median by a rank at most.
     assert abs(stalled["recovered_batch"] - clean["recovered_batch"]) <= 2
     assert stalled["later_over"] > 0  # the jitter after recovery is counted, not hidden
+    assert stalled["worst_ms"] == pytest.approx(490.0)  # ... but is not the failure's worst
+    assert quiet["worst_ms"] == pytest.approx(23.0)  # jitter within the hold still counts
 
 
 def test_latency_that_never_settles_is_not_a_recovery() -> None:
