@@ -121,8 +121,11 @@ async def test_paced_sliding_windows_are_exact_and_delivered_per_batch(
     for b in range(batches):
         for p in range(3):
             for key, t in timed_events(b, p):
-                for w in range(int(t // 0.1) - 3, int(t // 0.1) + 2):
-                    if w * 0.1 <= t < w * 0.1 + 0.3:
+                # In integer units of 1e-4 (the times' precision): an event at 0.3 is in the
+                # window starting at 0.3, as written, whatever 3 * 0.1 is in floats.
+                ti = round(t * 10_000)
+                for w in range(ti // 1000 - 3, ti // 1000 + 2):
+                    if w * 1000 <= ti < w * 1000 + 3000:
                         expected[(key, round(w * 0.1, 6))] += 1
     assert found == dict(expected)
 

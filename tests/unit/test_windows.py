@@ -29,6 +29,7 @@ from adrizzle.api.windows import (
     assign_windows,
     close_windows,
     merge_marked,
+    window_index,
 )
 
 
@@ -50,10 +51,12 @@ def test_sliding_windows_are_exactly_those_that_contain_t(t: float, slide: float
     spec = WindowSpec(slide * per, slide)
     found = spec.windows_of(t)
     assert found
-    assert all(spec.start(w) <= t < spec.end(w) for w in found)
+    # Exact up to float noise: within a few roundings of a boundary, t counts as on it.
+    eps = 16 * math.ulp(max(abs(t), spec.size))
+    assert all(spec.start(w) - eps <= t < spec.end(w) + eps for w in found)
     # No window just outside the list contains t either.
     for w in (found[0] - 1, found[-1] + 1):
-        assert not spec.start(w) <= t < spec.end(w)
+        assert not spec.start(w) + eps <= t < spec.end(w) - eps
     assert found == list(range(found[0], found[-1] + 1))
 
 
@@ -232,3 +235,17 @@ def test_batch_source_reads_batches_by_job_and_knows_when_they_are_due() -> None
     assert src.ready_at(0) == 100.0 + 11 * 0.5
     unpaced = BatchSource(1, lambda b, p: [b], first_batch=0)
     assert unpaced.ready_at(5) is None
+
+
+def test_event_times_on_a_window_boundary_open_the_window_there() -> None:
+    # Integer milliseconds turned into float seconds: 21.6 / 0.2 == 107.99999999999999.
+    assert window_index(21.6, 0.2) == 108
+    assert window_index(1795599921600 / 1000, 0.2) == 8977999608
+    assert window_index(21.59, 0.2) == 107
+    assert window_index(-0.2, 0.2) == -1
+    for ms in range(0, 100_000, 37):  # the same answer as integer arithmetic, everywhere
+        assert window_index(ms / 1000, 0.2) == ms // 200, ms
+        assert window_index(ms / 1000, 0.3) == ms // 300, ms
+    sliding = WindowSpec(0.6, 0.2)
+    assert sliding.windows_of(21.6) == [106, 107, 108]  # [21.2, 21.8), [21.4, 22.0), [21.6, ...)
+    assert sliding.windows_of(21.7) == [106, 107, 108]
