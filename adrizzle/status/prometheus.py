@@ -39,6 +39,13 @@ _COUNTERS = (
     ("shuffle_bytes_pushed", "Map output bytes pushed worker to worker.", "shuffle_bytes_pushed"),
 )
 
+_CHECKPOINT_COUNTERS = (
+    ("state_checkpoints", "Stream state checkpoints committed (one per group).", "commits"),
+    ("state_restores", "Stream state restores (after a loss, or partitions moved).", "restores"),
+    ("state_checkpoint_bytes", "Bytes of stream state checkpointed.", "bytes_committed"),
+    ("state_checkpoint_files", "Checkpoint files written (checkpoint_dir).", "files_written"),
+)
+
 _HISTOGRAMS = (
     (
         "batch_latency_seconds",
@@ -111,6 +118,9 @@ def metric_families(stats: Snapshot, extra: Snapshot | None = None) -> Iterator[
     yield batches
     for name, doc, key in _COUNTERS:
         yield CounterMetricFamily(f"adrizzle_{name}", doc, value=stats[key])
+    checkpoints = stats.get("checkpoints", {})
+    for name, doc, key in _CHECKPOINT_COUNTERS:
+        yield CounterMetricFamily(f"adrizzle_{name}", doc, value=checkpoints.get(key, 0))
 
     frames = CounterMetricFamily(
         "adrizzle_frames", "Frames on driver connections.", labels=["direction", "type"]

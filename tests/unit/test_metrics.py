@@ -97,6 +97,7 @@ def test_prometheus_text_round_trips_through_the_parser() -> None:
         [JobOutcome(j, [], None) for j in range(3)], dict.fromkeys(range(3), now), now - 0.002
     )
     stats = snapshot_like_the_engine(metrics)
+    stats["checkpoints"] = {"commits": 4, "restores": 1, "bytes_committed": 500}
     registry = prometheus.registry_for(lambda: (stats, {"loop_lag_s": 0.003}))
     text = prometheus.render(registry).decode()
     samples = {
@@ -113,6 +114,10 @@ def test_prometheus_text_round_trips_through_the_parser() -> None:
     assert samples[("adrizzle_tasks_total", ())] == 6
     assert samples[("adrizzle_tasks_failed_total", ())] == 1
     assert samples[("adrizzle_workers_lost_total", ())] == 1
+    assert samples[("adrizzle_state_checkpoints_total", ())] == 4
+    assert samples[("adrizzle_state_restores_total", ())] == 1
+    assert samples[("adrizzle_state_checkpoint_bytes_total", ())] == 500
+    assert samples[("adrizzle_state_checkpoint_files_total", ())] == 0
     key = ("adrizzle_frame_bytes_total", (("direction", "received"), ("type", "batch_result")))
     assert samples[key] == 900
     assert samples[("adrizzle_batch_latency_seconds_count", ())] == 3
