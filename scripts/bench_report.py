@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent.parent / "bench-results"
-ORDER = ("peers", "single-stage", "shuffle", "streaming", "recovery", "scaling")
+ORDER = ("peers", "single-stage", "shuffle", "streaming", "streaming-10ms", "recovery", "scaling")
 LOCAL_PACKAGES = ("adrizzle", "uvloop", "cloudpickle", "matplotlib")
 
 
