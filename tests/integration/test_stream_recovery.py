@@ -271,3 +271,24 @@ async def test_state_that_cannot_be_pickled_fails_with_a_clear_error() -> None:
         with pytest.raises(adrizzle.errors.SerializationError, match="cannot checkpoint"):
             async for _update in stream.run(10, group_size=2, timeout=60):
                 pass
+
+
+async def test_a_stopped_worker_rolls_the_stream_back_after_the_heartbeat_timeout() -> None:
+    async with adrizzle.Engine.local(
+        workers=3,
+        cores=1,
+        heartbeat_interval=0.2,
+        heartbeat_timeout=1.0,
+        worker_args=["--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.0"],
+    ) as engine:
+        stopped = engine.workers[1]
+        want = expected_totals(60)
+        try:
+            async for update in running_totals(engine).run(60, group_size=3, timeout=60):
+                assert dict(update.values) == want[update.batch]
+                if update.batch == 10:
+                    os.kill(stopped["pid"], signal.SIGSTOP)  # connected but silent
+        finally:
+            os.kill(stopped["pid"], signal.SIGCONT)
+        assert stopped["id"] not in {w["id"] for w in engine.workers}
+        assert engine.statistics()["recoveries"] >= 1
