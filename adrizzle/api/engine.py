@@ -160,6 +160,7 @@ class Engine:
             raise ValueError(f"checkpoint_interval must be >= 0, got {checkpoint_interval}")
         self.checkpoint_interval = checkpoint_interval
         self._checkpoints = StateCheckpoints(checkpoint_dir)
+        self._streams_made = itertools.count()  # names each stream's checkpoint subdirectory
         self._host, self._port = host, port
         self._next_node = itertools.count()
         self._group_ids = itertools.count()
@@ -251,6 +252,8 @@ class Engine:
             task.cancel()
         for run in list(self._runs):
             run._fail(AdrizzleError("the engine was closed"))
+        if self._checkpoints.writing:  # let the last groups' checkpoints reach the disk
+            await self.wait_settled(timeout=2.0)
         await asyncio.to_thread(self._checkpoints.close)
         try:
             if self._status is not None:
@@ -364,7 +367,7 @@ class Engine:
             batch_interval=batch_interval,
             start=start,
             batches=batches,
-            checkpoint_dir=checkpoint_dir,
+            checkpoint_dir=self._stream_checkpoint_dir(checkpoint_dir),
         )
 
     def stream_from(
@@ -389,8 +392,19 @@ class Engine:
             partitions or self._default_partitions(),
             batch_interval=batch_interval,
             max_batch=max_batch,
-            checkpoint_dir=checkpoint_dir,
+            checkpoint_dir=self._stream_checkpoint_dir(checkpoint_dir),
         )
+
+    def _stream_checkpoint_dir(
+        self, checkpoint_dir: str | os.PathLike[str] | None
+    ) -> str | os.PathLike[str] | None:
+        """A stream's own directory, or ``stream-N`` (N: the streams made before it) under
+        the engine's: a directory holds one stream's checkpoints, so a driver that builds the
+        same streams again resumes each from its own."""
+        n = next(self._streams_made)
+        if checkpoint_dir is not None or self._checkpoints.default_dir is None:
+            return checkpoint_dir
+        return self._checkpoints.default_dir / f"stream-{n}"
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -469,6 +483,7 @@ class Engine:
         pre_schedule: bool,
         checkpoint_dir: Path | None = None,
         start_small: bool = False,
+        state_names: dict[int, str] | None = None,
     ) -> RunExecution:
         programs = self._programs(datasets, funcs)
         if not self._started or self._closed:
@@ -489,6 +504,7 @@ class Engine:
                 self._checkpoints,
                 checkpoint_dir,
                 interval=self.checkpoint_interval,
+                names={sid: name for sid, name in (state_names or {}).items() if sid in steps},
             )
             if not self._checkpoints.live_on(stateful.expected, slots):
                 stateful.restore = await self._plan_restore(steps, slots)

@@ -128,6 +128,11 @@ class _Origin:
         self.live_next: asyncio.Future[Any] | None = None  # survives a run that stops
         # live, stateful: items of batches run but not yet covered by a checkpoint (replay)
         self.kept: dict[int, list[Any]] = {}
+        # Stateful steps in the order they were made: stable names across drivers, so a
+        # checkpoint directory written by an earlier driver can be resumed from.
+        self.state_names: dict[int, str] = {}
+        self.state_partitions: dict[int, int] = {}
+        self.resume_checked = False
 
     def due(self, batch: int) -> float | None:
         """When the batch's data was complete: its interval's end, or when it was cut."""
@@ -331,6 +336,9 @@ class Stream:
         partitions: int,
     ) -> Stream:
         state_id = self.engine._new_node_id()
+        origin = self._origin
+        origin.state_names[state_id] = f"state-{len(origin.state_names)}"
+        origin.state_partitions[state_id] = partitions
         first: list[int] = []
 
         def build(ctx: _BuildContext) -> Dataset:
@@ -512,8 +520,21 @@ class StreamRun:
         stream = self.stream
         origin = stream._origin
         engine = stream.engine
+        if stream._state_ids and origin.checkpoint_dir is not None and not origin.resume_checked:
+            origin.resume_checked = True
+            if origin.next_batch == 0:  # a new driver: continue after an earlier one's files
+                resumed = engine._checkpoints.resume(
+                    origin.checkpoint_dir,
+                    {
+                        sid: (origin.state_names[sid], origin.state_partitions[sid])
+                        for sid in stream._state_ids
+                    },
+                )
+                if resumed is not None:
+                    origin.next_batch = resumed + 1
         if origin.batch_interval is not None and origin.start is None and origin.live is None:
-            origin.start = time.time()
+            # Batch b's interval ends at start + (b + 1) * T: the first one run ends T from now.
+            origin.start = time.time() - origin.next_batch * origin.batch_interval
         begin = origin.next_batch
         end = math.inf if self.batches is None else begin + self.batches
         if origin.batches is not None:
@@ -573,6 +594,7 @@ class StreamRun:
                         self.pre_schedule,
                         checkpoint_dir=origin.checkpoint_dir,
                         start_small=after_loss,
+                        state_names=origin.state_names,
                     )
                     # ``datasets`` stays referenced during the run: a dataset collected on
                     # the driver releases its source blocks on the slots.

@@ -15,7 +15,9 @@ commit is written by a writer thread to ``ckpt-<seq>.pkl`` (a temporary file, fs
 fsync of the directory: a reader finds a whole checkpoint or the one before, never half of
 one); when commits come faster than the disk takes them, only the newest is written. Memory
 holds a commit until its file is written, then only the file's name; files no longer
-referenced are deleted.
+referenced are deleted. A file also names its states (``state-0``, ``state-1``, ... in the
+order the stream created them), so a new driver running the same pipeline with the same
+directory resumes from it (``resume``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import pickle
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from adrizzle.api.program import StateOrderError
 
 if TYPE_CHECKING:
     import asyncio
@@ -73,16 +77,16 @@ class _Writer:
         self._loop = loop
         self._done = done  # called on the loop: done(seq, path, pieces)
         self._cond = threading.Condition()
-        self._pending: tuple[int, list[Piece]] | None = None
+        self._pending: tuple[int, list[Piece], dict[int, str]] | None = None
         self._busy = False
         self._closed = False
         self.errors = 0
         directory.mkdir(parents=True, exist_ok=True)
         threading.Thread(target=self._run, name="adrizzle-checkpoints", daemon=True).start()
 
-    def submit(self, seq: int, pieces: list[Piece]) -> None:
+    def submit(self, seq: int, pieces: list[Piece], names: dict[int, str]) -> None:
         with self._cond:
-            self._pending = (seq, pieces)  # supersedes a commit not yet written
+            self._pending = (seq, pieces, names)  # supersedes a commit not yet written
             self._cond.notify()
 
     def flush(self, timeout: float) -> bool:
@@ -101,11 +105,11 @@ class _Writer:
                 self._cond.wait_for(lambda: self._pending is not None or self._closed)
                 if self._pending is None:
                     return
-                seq, pieces = self._pending
+                seq, pieces, names = self._pending
                 self._pending = None
                 self._busy = True
             try:
-                path = self._write(seq, pieces)
+                path = self._write(seq, pieces, names)
             except OSError as exc:
                 self.errors += 1
                 log.error("cannot write checkpoint %d to %s: %s", seq, self.directory, exc)
@@ -119,11 +123,15 @@ class _Writer:
                 except RuntimeError:  # the loop is closed: nothing left to update
                     return
 
-    def _write(self, seq: int, pieces: list[Piece]) -> Path:
-        path = self.directory / f"{FILE_PREFIX}{seq:012d}.pkl"
+    def _write(self, seq: int, pieces: list[Piece], names: dict[int, str]) -> Path:
+        path = checkpoint_path(self.directory, seq)
         tmp = self.directory / f".{path.name}.tmp"
         body = pickle.dumps(
-            {"seq": seq, "pieces": [(p.keys, p.batches, p.blob) for p in pieces]},
+            {
+                "seq": seq,
+                "names": names,
+                "pieces": [(p.keys, p.batches, p.blob) for p in pieces],
+            },
             protocol=pickle.HIGHEST_PROTOCOL,
         )
         with open(tmp, "wb") as f:
@@ -137,6 +145,27 @@ class _Writer:
         finally:
             os.close(dir_fd)
         return path
+
+
+def checkpoint_path(directory: Path, seq: int) -> Path:
+    return directory / f"{FILE_PREFIX}{seq:012d}.pkl"
+
+
+def checkpoint_files(directory: Path) -> list[tuple[int, Path]]:
+    """The directory's checkpoint files as ``(seq, path)``, oldest first."""
+    found = []
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return []
+    for path in entries:
+        name = path.name
+        if name.startswith(FILE_PREFIX) and name.endswith(".pkl"):
+            try:
+                found.append((int(name[len(FILE_PREFIX) : -len(".pkl")]), path))
+            except ValueError:
+                continue
+    return sorted(found)
 
 
 def read_checkpoint_file(path: Path) -> dict[Key, Any]:
@@ -174,6 +203,7 @@ class StateCheckpoints:
         expected: dict[int, int],
         directory: Path | None,
         loop: asyncio.AbstractEventLoop,
+        names: dict[int, str] | None = None,
     ) -> bool:
         """File one group's pieces if they hold every partition of every expected state
         (``state id -> partitions``) at one micro-batch; return whether they did."""
@@ -201,8 +231,11 @@ class StateCheckpoints:
             writer = self._writers.get(directory)
             if writer is None:
                 writer = self._writers[directory] = _Writer(directory, loop, self._written)
+                # Number on from an earlier driver's files: the newest file is the last one.
+                files = checkpoint_files(directory)
+                self._seq = max(self._seq, files[-1][0] if files else 0)
             self._seq += 1
-            writer.submit(self._seq, pieces)
+            writer.submit(self._seq, pieces, dict(names or {}))
         return True
 
     def committed_batch(self, expected: dict[int, int]) -> dict[int, int | None]:
@@ -301,9 +334,18 @@ class StateCheckpoints:
         if refs:
             self._files[path] = self._files.get(path, 0) + refs
         else:
-            self._unlink(path)  # superseded while it was being written
+            sids = {key[0] for piece in pieces for key in piece.keys}
+            if any(key[0] in sids for key in self._cells):
+                self._unlink(path)  # superseded while it was being written
+            return  # else the stream was released meanwhile: its last file stays
+        # Older files nothing refers to (an earlier driver's, once resumed from) go.
+        for old_seq, old_path in checkpoint_files(path.parent):
+            if old_seq < seq and old_path not in self._files:
+                self._unlink(old_path)
 
-    def _drop_cell(self, key: Key) -> None:
+    def _drop_cell(self, key: Key, superseded: bool = True) -> None:
+        """Forget a cell; its file goes once no cell refers to it and a newer one replaced it
+        (a released stream's last file stays: a later driver may resume from it)."""
         old = self._cells.pop(key, None)
         if old is not None and isinstance(old.where, FileRef):
             path = old.where.path
@@ -312,7 +354,8 @@ class StateCheckpoints:
                 self._files[path] = left
             else:
                 self._files.pop(path, None)
-                self._unlink(path)
+                if superseded:
+                    self._unlink(path)
 
     @staticmethod
     def _unlink(path: Path) -> None:
@@ -329,9 +372,55 @@ class StateCheckpoints:
         while self._release_queue:
             sid = self._release_queue.pop()
             for key in [k for k in self._cells if k[0] == sid]:
-                self._drop_cell(key)
+                self._drop_cell(key, superseded=False)
             for key in [k for k in self._location if k[0] == sid]:
                 del self._location[key]
+
+    def resume(self, directory: Path, states: dict[int, tuple[str, int]]) -> int | None:
+        """Load the newest checkpoint file of ``directory`` (an earlier driver's) for states
+        ``{state id: (name, partitions)}``; return its micro-batch, or None without a file.
+        A file of other states (another pipeline) is refused with a clear error."""
+        files = checkpoint_files(directory)
+        if not files:
+            return None
+        path = files[-1][1]
+        with open(path, "rb") as f:
+            body = pickle.load(f)
+        names: dict[int, str] = body.get("names") or {}
+        by_name = {name: sid for sid, (name, _parts) in states.items()}
+        if sorted(names.values()) != sorted(by_name):
+            raise StateOrderError(
+                f"checkpoint {path} holds states {sorted(names.values())} but this stream has "
+                f"{sorted(by_name)}: it was written by another pipeline (use another "
+                "checkpoint_dir, or remove the old files)"
+            )
+        cells: dict[Key, Any] = {}
+        for _keys, _batches, blob in body["pieces"]:
+            for (old_sid, p), cell in pickle.loads(blob).items():
+                cells[(by_name[names[old_sid]], p)] = cell
+        for sid, (name, parts) in states.items():
+            have = sorted(p for (s, p) in cells if s == sid)
+            if have != list(range(parts)):
+                raise StateOrderError(
+                    f"checkpoint {path}: state {name} has partitions {have[:10]}, this stream "
+                    f"{parts}: the partition count cannot change across a restart"
+                )
+        batches = {cell.batch for cell in cells.values()}
+        if len(batches) != 1:
+            raise StateOrderError(f"checkpoint {path} mixes micro-batches {sorted(batches)}")
+        blob = pickle.dumps(cells)  # one piece, re-keyed to this driver's state ids
+        for key, cell in cells.items():
+            self._drop_cell(key)
+            self._cells[key] = _Cell(cell.batch, blob)
+            self._location.pop(key, None)
+        batch: int = batches.pop()
+        log.info("resuming from checkpoint %s (micro-batch %d)", path, batch)
+        return batch
+
+    @property
+    def writing(self) -> bool:
+        """Whether some checkpoints go to a directory."""
+        return bool(self._writers)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait (blocking) until every commit submitted to a directory is written."""

@@ -88,6 +88,7 @@ class StatefulRun:
     directory: Path | None = None
     restore: dict[tuple[str, int], bytes] | None = None
     interval: float = 0.0  # at most one checkpointed group per this many seconds (0: all)
+    names: dict[int, str] = dataclasses.field(default_factory=dict)  # stable, for files
 
 
 class RunExecution:
@@ -401,7 +402,7 @@ class RunExecution:
                 if pieces and self._stateful is not None:
                     st = self._stateful
                     st.checkpoints.commit(
-                        pieces, st.expected, st.directory, asyncio.get_running_loop()
+                        pieces, st.expected, st.directory, asyncio.get_running_loop(), st.names
                     )
                 self._group_finished(msg.group)
                 self._launch_more()

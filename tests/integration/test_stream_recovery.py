@@ -22,6 +22,7 @@ import cloudpickle
 import pytest
 
 import adrizzle
+from adrizzle.api.program import StateOrderError
 from adrizzle.driver.checkpoint import FILE_PREFIX, read_checkpoint_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -292,3 +293,44 @@ async def test_a_stopped_worker_rolls_the_stream_back_after_the_heartbeat_timeou
             os.kill(stopped["pid"], signal.SIGCONT)
         assert stopped["id"] not in {w["id"] for w in engine.workers}
         assert engine.statistics()["recoveries"] >= 1
+
+
+async def test_a_new_driver_resumes_a_stream_from_its_checkpoint_dir(tmp_path: Path) -> None:
+    directory = tmp_path / "totals"
+    want = expected_totals(50)
+    async with adrizzle.Engine.local(workers=2, cores=1) as engine:
+        first = running_totals(engine, checkpoint_dir=directory)
+        async for update in first.run(30, group_size=5, timeout=60):
+            assert dict(update.values) == want[update.batch]
+    # The driver is gone (closing waited for the last checkpoint to reach the disk). A new one
+    # that builds the same pipeline on the same directory continues after batch 29.
+    async with adrizzle.Engine.local(workers=3, cores=1) as engine:
+        again = running_totals(engine, checkpoint_dir=directory)
+        seen = []
+        async for update in again.run(20, group_size=5, timeout=60):
+            assert dict(update.values) == want[update.batch]
+            seen.append(update.batch)
+        assert seen == list(range(30, 50))
+    # A pipeline with other state cannot take over that directory.
+    async with adrizzle.Engine.local(workers=1, cores=1) as engine:
+        other = engine.stream(ints, partitions=P, checkpoint_dir=directory).map(keyed)
+        other = other.update_state(add_values).update_state(add_values)
+        with pytest.raises(StateOrderError, match="another pipeline"):
+            async for _update in other.run(1, timeout=60):
+                pass
+
+
+async def test_the_engine_checkpoint_dir_gives_each_stream_its_own_directory(
+    tmp_path: Path,
+) -> None:
+    want = expected_totals(20)
+    for driver in range(2):
+        async with adrizzle.Engine.local(workers=2, cores=1, checkpoint_dir=tmp_path) as engine:
+            for stream, size in ((running_totals(engine), 2), (running_totals(engine), 5)):
+                seen = []
+                async for update in stream.run(10, group_size=size, timeout=60):
+                    assert dict(update.values) == want[update.batch]
+                    seen.append(update.batch)
+                # The second driver resumes each stream from its own files.
+                assert seen == list(range(10 * driver, 10 * driver + 10))
+    assert sorted(os.listdir(tmp_path)) == ["stream-0", "stream-1"]
