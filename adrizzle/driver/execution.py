@@ -288,10 +288,12 @@ class RunExecution:
         placement_workers, placement_slots, slot_index = self._placement_of(plan)
         checkpoint, restore = 0, None
         if self._stateful is not None:
-            if plan.wave == 0 and t0 - self._last_checkpoint >= self._stateful.interval:
-                checkpoint, self._last_checkpoint = 1, t0
             if plan.wave == 0:
                 restore, self._stateful.restore = self._stateful.restore, None
+                if t0 - self._last_checkpoint >= self._stateful.interval:
+                    self._last_checkpoint = t0
+                    self._pieces[plan.group] = []  # checkpointed: every wave sends its state
+            checkpoint = 1 if plan.group in self._pieces else 0
         for share in plan.shares:
             handle = self._workers.get(share.worker)
             if handle is None or not handle.channel.is_open:
@@ -378,7 +380,10 @@ class RunExecution:
             if len(msg.keys) != len(msg.batches) or any(len(k) != 2 for k in msg.keys):
                 self._fail(AdrizzleError(f"malformed state checkpoint from {worker.id}"))
                 return
-            self._pieces.setdefault(msg.group, []).append(
+            pieces = self._pieces.get(msg.group)
+            if pieces is None:
+                return  # an aborted attempt's, or a group not checkpointed
+            pieces.append(
                 Piece([(k[0], k[1]) for k in msg.keys], msg.batches, payload, worker.id, msg.slot)
             )
         elif type(msg) is GroupFailed:

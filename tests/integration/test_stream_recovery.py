@@ -334,3 +334,19 @@ async def test_the_engine_checkpoint_dir_gives_each_stream_its_own_directory(
                 # The second driver resumes each stream from its own files.
                 assert seen == list(range(10 * driver, 10 * driver + 10))
     assert sorted(os.listdir(tmp_path)) == ["stream-0", "stream-1"]
+
+
+async def test_a_bsp_stateful_stream_checkpoints_its_last_wave_and_survives_a_kill() -> None:
+    async with adrizzle.Engine.local(workers=3, cores=1) as engine:
+        stream = running_totals(engine)
+        want = expected_totals(40)
+        async for update in stream.run(40, group_size=4, timeout=60, pre_schedule=False):
+            assert dict(update.values) == want[update.batch]
+            if update.batch == 21:
+                os.kill(engine.workers[2]["pid"], signal.SIGKILL)
+        assert update.batch == 39
+        stats = engine.statistics()
+        assert stats["recoveries"] >= 1
+        # The state changes in the second wave; the checkpoint is of the group's last batch.
+        assert await engine.wait_settled()
+        assert engine._checkpoints.covered_through(stream._state_ids) == 39
