@@ -73,6 +73,18 @@ def no_leaked_workers() -> Iterator[None]:
         pytest.fail(f"test leaked worker processes: {[procs.get(p) for p in leaked]}")
 
 
+def fast_heartbeat_engine(workers: int = 3) -> adrizzle.Engine:
+    """A local engine whose driver and workers declare a silent peer lost after 1 s (0.2 s
+    heartbeats), for tests that SIGSTOP a worker."""
+    return adrizzle.Engine.local(
+        workers=workers,
+        cores=1,
+        heartbeat_interval=0.2,
+        heartbeat_timeout=1.0,
+        worker_args=["--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.0"],
+    )
+
+
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:

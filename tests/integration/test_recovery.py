@@ -19,6 +19,7 @@ import pytest
 
 import adrizzle
 from adrizzle.errors import NoWorkersError
+from tests.conftest import fast_heartbeat_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -131,13 +132,7 @@ async def test_iter_jobs_delivers_each_batch_once_across_a_loss() -> None:
 
 
 async def test_stopped_worker_is_declared_lost_by_heartbeat_timeout() -> None:
-    async with adrizzle.Engine.local(
-        workers=3,
-        cores=1,
-        heartbeat_interval=0.2,
-        heartbeat_timeout=1.0,
-        worker_args=["--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.0"],
-    ) as engine:
+    async with fast_heartbeat_engine() as engine:
         n = 60
         stopped = engine.workers[2]
         run = asyncio.ensure_future(engine.run_jobs(jobs_single(engine, n), sum, group_size=4))

@@ -24,6 +24,7 @@ import pytest
 import adrizzle
 from adrizzle.api.program import StateOrderError
 from adrizzle.driver.checkpoint import FILE_PREFIX, read_checkpoint_file
+from tests.conftest import fast_heartbeat_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -275,13 +276,7 @@ async def test_state_that_cannot_be_pickled_fails_with_a_clear_error() -> None:
 
 
 async def test_a_stopped_worker_rolls_the_stream_back_after_the_heartbeat_timeout() -> None:
-    async with adrizzle.Engine.local(
-        workers=3,
-        cores=1,
-        heartbeat_interval=0.2,
-        heartbeat_timeout=1.0,
-        worker_args=["--heartbeat-interval", "0.2", "--heartbeat-timeout", "1.0"],
-    ) as engine:
+    async with fast_heartbeat_engine() as engine:
         stopped = engine.workers[1]
         want = expected_totals(60)
         try:
