@@ -491,11 +491,7 @@ class Engine:
         group_size, controller = resolve_group_size(group_size)
         if not self._cluster.workers:
             await self.wait_for_workers(1, timeout=self.worker_timeout)
-        handles = sorted(
-            (h for h in self._cluster.workers.values() if h.state == "running"),
-            key=lambda h: h.id,
-        )
-        slots = interleave_slots((h.id, h.cores) for h in handles)
+        slots = self._running_slots()
         stateful = None
         steps = state_steps(programs[0]) if programs else {}
         if steps:
@@ -506,8 +502,15 @@ class Engine:
                 interval=self.checkpoint_interval,
                 names={sid: name for sid, name in (state_names or {}).items() if sid in steps},
             )
-            if not self._checkpoints.live_on(stateful.expected, slots):
+            while not self._checkpoints.live_on(stateful.expected, slots):
                 stateful.restore = await self._plan_restore(steps, slots)
+                now = self._running_slots()
+                if now == slots:
+                    break
+                # A worker came or went while we waited: place on the workers there are now
+                # (a run placed on a worker already lost would never hear of the loss).
+                slots, stateful.restore = now, None
+                self._checkpoints.invalidate(stateful.expected)  # that restore is not sent
         stages = programs[0].stages if programs else ()
         partitions = stages[-1].partitions if stages else 0
         scheduler = RunScheduler(
@@ -559,6 +562,13 @@ class Engine:
             run.close()
             raise
         return run
+
+    def _running_slots(self) -> list[SlotRef]:
+        handles = sorted(
+            (h for h in self._cluster.workers.values() if h.state == "running"),
+            key=lambda h: h.id,
+        )
+        return interleave_slots((h.id, h.cores) for h in handles)
 
     async def _plan_restore(
         self, steps: dict[int, tuple[int, StateUpdate]], slots: list[SlotRef]
@@ -731,7 +741,9 @@ class Engine:
         self._blocks.forget_worker(worker.id)
         self._checkpoints.forget_worker(worker.id)
         self._broadcast_cluster_view()
-        for run in list(self._runs):
+        # Runs the caller finished iterating still route their last groups until acked: they
+        # must hear of the loss too, or those acks are awaited forever.
+        for run in {*self._runs, *self._routes.values()}:
             run.on_worker_lost(worker)
 
     def _broadcast_cluster_view(self) -> None:

@@ -296,7 +296,12 @@ class RunExecution:
             checkpoint = 1 if plan.group in self._pieces else 0
         for share in plan.shares:
             handle = self._workers.get(share.worker)
-            if handle is None or not handle.channel.is_open:
+            if handle is None:
+                # Lost before this run knew it (no loss callback will come for it): recover
+                # as for a loss, once this launch is done.
+                asyncio.get_running_loop().call_soon(self._worker_gone, share.worker)
+                continue
+            if not handle.channel.is_open:
                 # Its connection is going (the loss callback follows and re-runs this group
                 # with the other groups that had work there); send the rest as usual.
                 continue
@@ -424,14 +429,24 @@ class RunExecution:
         """Recover: abort the groups that had work on ``worker``, tell the survivors to drop
         them, and re-run their unfinished jobs on the workers left (lineage: sources are
         re-shipped from the driver, cached partitions and shuffle outputs recomputed)."""
+        self._worker_gone(worker.id)
+
+    def _worker_gone(self, worker: str) -> None:
         if self._failure is not None or self.sched.finished:
+            # Nothing to re-run, but its groups' acks will never come: stop waiting for them
+            # (wait_settled, and a stateful stream's next run waiting for its checkpoint).
+            for group, state in list(self.sched.in_flight.items()):
+                if worker in state.awaiting:
+                    del self.sched.in_flight[group]
+                    self._routes.pop(group, None)
+                    self._pieces.pop(group, None)
             return
         if self._stateful is not None:
-            if self.uses_worker(worker.id) or any(s.worker == worker.id for s in self.sched.shares):
-                self._rollback(f"worker {worker.id} was lost", lost=worker.id)
+            if self.uses_worker(worker) or any(s.worker == worker for s in self.sched.shares):
+                self._rollback(f"worker {worker} was lost", lost=worker)
             return
-        self._abandon(self.sched.recover(worker.id), lost=worker.id)
-        self.place_on_live_workers(exclude=worker.id)
+        self._abandon(self.sched.recover(worker), lost=worker)
+        self.place_on_live_workers(exclude=worker)
         self._launch_more()
 
     def on_link_lost(self, worker: str, peer: str) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import operator
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -280,3 +281,18 @@ async def test_a_lost_frame_in_a_stateful_stream_keeps_totals_exact(tag: str, to
             assert engine.statistics()["recoveries"] >= 1
         else:  # that group's checkpoint is incomplete, so not committed; the next one is
             assert engine.statistics()["checkpoints"]["commits"] >= 2
+
+
+async def test_a_finished_run_stops_awaiting_the_ack_of_a_worker_lost_later() -> None:
+    # The last group's group_done is lost, so the run (all results in) ends with that group
+    # still routed, waiting for the ack. When that worker is then lost, the finished run must
+    # hear of it too: else wait_settled, and a stateful stream's next run, wait forever.
+    async with cluster_with_proxied_worker("group_done", "driver", nth=2) as (engine, proxy):
+        data = engine.parallelize(range(P * K), partitions=P)
+        assert await engine.run_jobs([data] * 10, sum, group_size=5, timeout=30) == [EXPECTED] * 10
+        assert proxy.dropped == ["group_done"]
+        assert not await engine.wait_settled(timeout=0.5)  # the lost ack is still awaited
+        proxied = next(w for w in engine.workers if w["id"] == "proxied")
+        os.kill(proxied["pid"], signal.SIGKILL)
+        assert await engine.wait_settled(timeout=10)
+        assert engine.statistics()["groups_in_flight"] == 0
