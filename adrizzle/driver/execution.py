@@ -211,16 +211,20 @@ class RunExecution:
     def _abandon(self, aborted: list[GroupPlan], lost: str | None = None) -> None:
         """Forget aborted groups here and on the workers (their late frames are ignored)."""
         for plan in aborted:
-            self._routes.pop(plan.group, None)
-            self._pieces.pop(plan.group, None)
-            if self._clock is not None:
-                self._clock.forget(plan.group)
+            self._forget(plan.group)
         if aborted:
             self._metrics.recoveries += 1
             cancel = CancelGroups(groups=sorted(p.group for p in aborted))
             for handle in self._workers.values():
                 if handle.id != lost and handle.channel.is_open:
                     handle.channel.send(cancel)
+
+    def _forget(self, group: int) -> None:
+        """Drop what this side keeps for ``group`` (its late frames are then ignored)."""
+        self._routes.pop(group, None)
+        self._pieces.pop(group, None)
+        if self._clock is not None:
+            self._clock.forget(group)
 
     def _launch_more(self) -> None:
         if self._failure is not None or self._closed:
@@ -435,11 +439,8 @@ class RunExecution:
         if self._failure is not None or self.sched.finished:
             # Nothing to re-run, but its groups' acks will never come: stop waiting for them
             # (wait_settled, and a stateful stream's next run waiting for its checkpoint).
-            for group, state in list(self.sched.in_flight.items()):
-                if worker in state.awaiting:
-                    del self.sched.in_flight[group]
-                    self._routes.pop(group, None)
-                    self._pieces.pop(group, None)
+            for group in self.sched.retire_awaiting(worker):
+                self._forget(group)
             return
         if self._stateful is not None:
             if self.uses_worker(worker) or any(s.worker == worker for s in self.sched.shares):

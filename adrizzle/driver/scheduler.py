@@ -307,6 +307,14 @@ class RunScheduler:
             self._regrow = 1
         return result
 
+    def retire_awaiting(self, worker: str) -> list[int]:
+        """A run with nothing left to re-run (finished or failed) lost ``worker``: retire the
+        groups in flight still awaiting its ack, which will never come. Returns their numbers."""
+        retired = [g for g, st in self.in_flight.items() if worker in st.awaiting]
+        for group in retired:
+            del self.in_flight[group]
+        return retired
+
     def abort_all(self) -> list[GroupPlan]:
         """Abort every group in flight and plan nothing more (a stateful run rolls back)."""
         aborted = [st.plan for st in self.in_flight.values()]

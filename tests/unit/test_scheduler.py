@@ -199,3 +199,22 @@ def test_slots_with_only_map_tasks_take_part_in_the_group() -> None:
         ("a", [0], [[0]]),
         ("b", [0], [[]]),
     ]
+
+
+def test_retire_awaiting_drops_only_groups_waiting_for_that_worker() -> None:
+    s = make(n_jobs=6, group_size=3, window=2)
+    first, second = s.plan_next_group(), s.plan_next_group()
+    assert first is not None
+    assert second is not None
+    for job in [*first.jobs, *second.jobs]:  # every result in: the run is finished
+        for share in first.shares:
+            for parts in share.slot_parts:
+                s.batch_result(share.worker, job, parts, [0] * len(parts), 0)
+    assert s.finished
+    s.group_done("a", first.group)  # a acked the first group; b's ack was lost
+    s.group_done("a", second.group)
+    s.group_done("b", second.group)
+    assert s.retire_awaiting("a") == []
+    assert s.retire_awaiting("b") == [first.group]
+    assert s.in_flight == {}
+    assert s.redo == []  # nothing is re-run
