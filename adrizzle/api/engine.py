@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import dataclasses
-import ipaddress
 import itertools
 import logging
 import time
@@ -36,6 +35,7 @@ from adrizzle.driver.metrics import DriverMetrics
 from adrizzle.driver.scheduler import RunScheduler, interleave_slots, place_partitions
 from adrizzle.errors import AdrizzleError, NoWorkersError, ReplayNeeded, TaskError
 from adrizzle.wire import auth
+from adrizzle.wire.address import is_loopback, parse_address
 from adrizzle.wire.channel import FrameCounter
 from adrizzle.wire.framing import FrameLimits
 from adrizzle.wire.messages import (
@@ -72,31 +72,6 @@ class JobResult:
     index: int
     values: list[Any] | None
     error: TaskError | None = None
-
-
-def parse_address(address: str, default_port: int = 0) -> tuple[str, int]:
-    """``"host:port"``, ``"[v6]:port"``, ``"tcp://host:port"`` or ``"host"`` -> (host, port)."""
-    addr = address.removeprefix("tcp://")
-    if addr.startswith("["):
-        host, _, rest = addr[1:].partition("]")
-        port = rest.removeprefix(":")
-    elif addr.count(":") == 1:
-        host, port = addr.split(":")
-    else:
-        host, port = addr, ""
-    try:
-        return host or "127.0.0.1", int(port) if port else default_port
-    except ValueError:
-        raise ValueError(f"invalid address {address!r}: port must be a number") from None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Engine:

@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from adrizzle.status import prometheus
+from adrizzle.wire.address import parse_address
 
 if TYPE_CHECKING:
     from adrizzle.api.engine import Engine
@@ -44,8 +45,6 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 class StatusServer:
     def __init__(self, engine: Engine, address: str) -> None:
-        from adrizzle.api.engine import parse_address
-
         self._engine = engine
         self._host, self._port = parse_address(address, 8780)
         self._runner: web.AppRunner | None = None

@@ -12,6 +12,7 @@ import sys
 import orjson
 
 from adrizzle.wire import auth
+from adrizzle.wire.address import parse_address
 
 
 class _JsonFormatter(logging.Formatter):
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="seconds to wait for the driver to accept (default 10)",
+    )
+    p.add_argument(
+        "--start-timeout",
+        type=float,
+        default=60.0,
+        help="seconds the slot processes may take to start before the worker gives up (default 60)",
     )
     p.add_argument(
         "--max-frame-bytes",
@@ -138,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     root.setLevel(args.log_level.upper())
     log = logging.getLogger("adrizzle.worker")
 
-    from adrizzle.api.engine import parse_address  # after logging: keep --help fast
     from adrizzle.wire.tls import TlsConfig, TlsConfigError
 
     try:
@@ -161,9 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         if value < 1:
             log.error("%s must be at least 1", flag)
             return 2
-    if not args.handshake_timeout > 0:
-        log.error("--handshake-timeout must be positive")
-        return 2
+    for flag, seconds in (
+        ("--handshake-timeout", args.handshake_timeout),
+        ("--start-timeout", args.start_timeout),
+    ):
+        if not seconds > 0:
+            log.error("%s must be positive", flag)
+            return 2
 
     from adrizzle.worker.runtime import WorkerRuntime
 
@@ -176,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         cores=args.cores,
         name=name,
         connect_timeout=args.connect_timeout,
+        start_timeout=args.start_timeout,
         max_frame_bytes=args.max_frame_bytes,
         data_listen=data_listen,
         shuffle_timeout=args.shuffle_timeout,

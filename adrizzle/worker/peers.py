@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from adrizzle.wire import auth
+from adrizzle.wire.address import parse_address
 from adrizzle.wire.channel import Channel
 from adrizzle.wire.connection import Connection
 from adrizzle.wire.listener import Listener, format_address
@@ -106,8 +107,6 @@ class PeerLinks:
             task.add_done_callback(self._tasks.discard)
 
     async def _dial(self, worker: str) -> None:
-        from adrizzle.api.engine import parse_address
-
         address = self.addresses.get(worker, "")
         try:
             if not address:

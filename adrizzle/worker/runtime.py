@@ -19,7 +19,7 @@ import signal
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from adrizzle.errors import AuthenticationError, ProtocolError, RemoteProtocolError
 from adrizzle.wire import auth
@@ -47,14 +47,15 @@ from adrizzle.wire.messages import (
     StateCheckpoint,
 )
 from adrizzle.worker.peers import PeerLinks
-from adrizzle.worker.slots import Slot, SlotPool
+from adrizzle.worker.slots import Slot, SlotPool, SlotStartError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Coroutine, Sequence
 
     from adrizzle.wire.tls import TlsConfig
 
 log = logging.getLogger("adrizzle.worker")
+T = TypeVar("T")
 
 DRIVER_MESSAGES = (LaunchGroup, ClusterView, CancelGroups, Shutdown, Heartbeat)
 
@@ -70,7 +71,11 @@ def local_address_towards(host: str, port: int) -> str:
 
 
 class WorkerStartError(Exception):
-    """The worker could not join the cluster (connect or authenticate)."""
+    """The worker could not join the cluster (start its slots, connect or authenticate)."""
+
+
+class _StoppedDuringStart(Exception):
+    """A stop was requested before the worker joined; the message is the reason."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -100,6 +105,7 @@ class WorkerRuntime:
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 5.0,
         drain_timeout: float = 30.0,
+        start_timeout: float = 60.0,
         data_advertise: str | None = None,
         max_connections_per_address: int = 64,
         tls: TlsConfig | None = None,
@@ -107,6 +113,7 @@ class WorkerRuntime:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.drain_timeout = drain_timeout
+        self.start_timeout = start_timeout
         self._draining = False
         self._driver_seen = time.monotonic()
         self.host, self.port = host, port
@@ -149,15 +156,18 @@ class WorkerRuntime:
         loop.add_signal_handler(signal.SIGTERM, self._drain)
         loop.add_signal_handler(signal.SIGINT, self._request_stop, "received SIGINT")
         try:
-            await self.pool.start(
-                self.cores,
-                shuffle_timeout=self.shuffle_timeout,
-                max_block_bytes=self.limits.max_payload,
+            await self._starting(
+                self.pool.start(
+                    self.cores,
+                    timeout=self.start_timeout,
+                    shuffle_timeout=self.shuffle_timeout,
+                    max_block_bytes=self.limits.max_payload,
+                )
             )
             towards_driver = local_address_towards(self.host, self.port)
             host, port = self.data_listen or (towards_driver, 0)
             await self.peers.start(host, port, advertise_host=towards_driver)
-            self.channel = await self._connect()
+            await self._starting(self._connect())
             log.info(
                 "connected to driver %s as %s with %d cores (pid %d)",
                 self.driver_url,
@@ -170,10 +180,12 @@ class WorkerRuntime:
                 reason = await self._stop
             finally:
                 heartbeats.cancel()
-        except WorkerStartError as exc:
+        except (WorkerStartError, SlotStartError) as exc:
             log.error("%s", exc)
             self.exit_code = 1
             reason = "could not join the cluster"
+        except _StoppedDuringStart as stopped:
+            reason = str(stopped)
         finally:
             if self.channel is not None:
                 self.channel.close()
@@ -181,6 +193,22 @@ class WorkerRuntime:
             await self.pool.close()
         log.info("worker %s exiting: %s", self.name, reason)
         return self.exit_code
+
+    async def _starting(self, step: Coroutine[Any, Any, T]) -> T:
+        """Run one start-up step unless a stop (SIGTERM, SIGINT) comes first: a worker that
+        is told to go while its slots start goes at once instead of finishing the start."""
+        assert self._stop is not None
+        task = asyncio.ensure_future(step)
+        stop: asyncio.Future[Any] = self._stop
+        try:
+            await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if task.cancelled():
+            raise _StoppedDuringStart(self._stop.result())
+        return task.result()
 
     async def _heartbeat_loop(self) -> None:
         """A heartbeat to the driver every interval; a driver silent for longer than the
@@ -222,6 +250,7 @@ class WorkerRuntime:
             self._stop.set_result(reason)
 
     async def _connect(self) -> Channel:
+        """Dial and authenticate; ``self.channel`` is set the moment authentication succeeds."""
         loop = asyncio.get_running_loop()
         hello = Hello(
             version=PROTOCOL_VERSION,
@@ -245,6 +274,7 @@ class WorkerRuntime:
                     lambda: Channel(
                         conn,
                         on_message=self._on_driver_message,
+                        on_authenticated=self._on_driver_authenticated,
                         on_closed=self._on_driver_closed,
                         handshake_timeout=self.handshake_timeout,
                         name=self.name,
@@ -278,6 +308,15 @@ class WorkerRuntime:
         return channel
 
     # -- driver -> worker ----------------------------------------------------------------
+
+    def _on_driver_authenticated(self, channel: Channel, hello: Hello) -> None:
+        # Called from the channel's data_received before the first message of the open
+        # connection is dispatched: the driver launches a group as soon as it has
+        # authenticated us (its launch_group may share a read with its proof), so the runtime
+        # must know its channel here, not when run() resumes after _connect() (loop
+        # iterations later), or the slots' answers to that launch find no channel.
+        self.channel = channel
+        self._driver_seen = time.monotonic()
 
     def _on_driver_message(self, channel: Channel, msg: Message, payload: bytes) -> None:
         self._driver_seen = time.monotonic()
@@ -405,6 +444,9 @@ class WorkerRuntime:
     def _on_slot_message(self, slot: Slot, msg: Message, payload: bytes) -> None:
         channel = self.channel
         if channel is None or not channel.is_open:
+            # Slots only get work over an open driver channel (see _on_driver_authenticated),
+            # so this is the driver going away under a group: the worker is stopping.
+            log.debug("driver connection closed: dropping %s from slot %d", msg.TAG, slot.index)
             return
         if type(msg) is BatchResult or type(msg) is GroupFailed or type(msg) is StateCheckpoint:
             channel.send(msg, payload)

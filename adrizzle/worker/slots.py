@@ -33,6 +33,10 @@ from adrizzle.wire.messages import (
 SLOT_MESSAGES = (SlotReady, BatchResult, SlotDone, MapOutputReady, GroupFailed, StateCheckpoint)
 
 
+class SlotStartError(Exception):
+    """The worker's slot processes could not be started."""
+
+
 @dataclasses.dataclass(slots=True)
 class Slot:
     index: int
@@ -55,10 +59,15 @@ class SlotPool:
     async def start(
         self,
         n: int,
-        timeout: float = 30.0,
+        timeout: float = 60.0,
         shuffle_timeout: float = 60.0,
         max_block_bytes: int = 1 << 30,
     ) -> None:
+        """Spawn ``n`` slots and wait until each has said it is ready (a group is only ever
+        launched to ready slots: the worker dials the driver after this returns).
+
+        Raises ``SlotStartError`` (one line naming the cause) when a slot exits or is not
+        ready within ``timeout`` s; the slots spawned so far are then left for ``close``."""
         loop = asyncio.get_running_loop()
         # A fixed hash seed in every slot of the cluster: shuffle keys that fall back to hash()
         # (see adrizzle.api.partitioning) then pick the same reducer in every process. The
@@ -85,26 +94,39 @@ class SlotPool:
                     stdin=subprocess.DEVNULL,
                     env=env,
                 )
+            except OSError as exc:
+                ours.close()
+                raise SlotStartError(f"cannot start slot {index}: {exc}") from None
             finally:
                 theirs.close()
             ready: asyncio.Future[int] = loop.create_future()
             conn = Connection(
                 client=True, token=None, hello=None, accepts=SLOT_MESSAGES, trusted=True
             )
-            _transport, channel = await loop.create_connection(
-                lambda conn=conn, index=index, ready=ready: Channel(  # type: ignore[misc]
-                    conn,
-                    on_message=lambda _ch, m, p: self._dispatch(index, ready, m, p),
-                    on_closed=lambda _ch, _exc: self._closed(index, ready),
-                    name=f"slot-{index}",
-                ),
-                sock=ours,
-            )
+            try:
+                _transport, channel = await loop.create_connection(
+                    lambda conn=conn, index=index, ready=ready: Channel(  # type: ignore[misc]
+                        conn,
+                        on_message=lambda _ch, m, p: self._dispatch(index, ready, m, p),
+                        on_closed=lambda _ch, _exc: self._closed(index, ready),
+                        name=f"slot-{index}",
+                    ),
+                    sock=ours,
+                )
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                ours.close()
+                raise
             self.slots.append(Slot(index, proc, channel, ready))
         try:
             await asyncio.wait_for(asyncio.gather(*(s.ready for s in self.slots)), timeout)
         except TimeoutError:
-            raise RuntimeError(f"slot processes did not start within {timeout:g} s") from None
+            late = [s.index for s in self.slots if not s.ready.done()]
+            raise SlotStartError(
+                f"slot processes {late} did not start within {timeout:g} s "
+                "(an overloaded host, or a Python environment that cannot import adrizzle)"
+            ) from None
 
     def _dispatch(
         self, index: int, ready: asyncio.Future[int], msg: Message, payload: bytes
@@ -117,7 +139,10 @@ class SlotPool:
 
     def _closed(self, index: int, ready: asyncio.Future[int]) -> None:
         if not ready.done():
-            ready.set_exception(RuntimeError(f"slot {index} exited during start-up"))
+            code = self.slots[index].process.poll() if index < len(self.slots) else None
+            ready.set_exception(
+                SlotStartError(f"slot {index} exited during start-up (exit code {code})")
+            )
         if not self._closing and index < len(self.slots):
             self._on_lost(self.slots[index])
 
