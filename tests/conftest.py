@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -96,3 +97,22 @@ def pytest_asyncio_loop_factories(
 async def engine() -> AsyncIterator[adrizzle.Engine]:
     async with adrizzle.Engine.local(workers=2, cores=1) as eng:
         yield eng
+
+
+@pytest.fixture
+def busy_cpu() -> Iterator[int]:
+    """Busy processes on every core (and one more) for the test's duration, always reaped:
+    the engine must behave on a loaded machine (CI runners, laptops, shared hosts). Yields
+    how many there are."""
+    n = (os.cpu_count() or 1) + 1
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+        for _ in range(n)
+    ]
+    try:
+        yield n
+    finally:
+        for proc in spinners:
+            proc.kill()
+        for proc in spinners:
+            proc.wait(timeout=10)

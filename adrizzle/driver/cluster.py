@@ -20,6 +20,7 @@ from adrizzle.wire import auth
 from adrizzle.wire.channel import Channel, ConnectionClosed, FrameCounter
 from adrizzle.wire.connection import Connection
 from adrizzle.wire.listener import Listener
+from adrizzle.wire.liveness import SilenceWatch
 from adrizzle.wire.messages import (
     PROTOCOL_VERSION,
     BatchResult,
@@ -111,6 +112,7 @@ class Cluster:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self._heartbeats: asyncio.Task[None] | None = None
+        self._silence = SilenceWatch(heartbeat_interval)
         self._port = port
         self._token = token
         self._limits = limits
@@ -140,20 +142,27 @@ class Cluster:
 
     async def _heartbeat_loop(self) -> None:
         """Every interval: a heartbeat to each worker; a worker silent for longer than the
-        timeout (stopped, hung, or cut off without a FIN) is closed and so declared lost."""
+        timeout (stopped, hung, or cut off without a FIN) is closed and so declared lost.
+        Silence is counted only while this loop was running (``SilenceWatch``): a driver whose
+        own loop was blocked or starved does not blame its workers for it."""
+        watch = self._silence
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            now = time.time()
-            for handle in list(self.workers.values()):
-                silent = now - handle.last_seen
-                if silent > self.heartbeat_timeout:
-                    handle.channel.abort(
-                        TimeoutError(
-                            f"no frame from worker {handle.id} for {silent:.1f} s "
-                            f"(heartbeat timeout {self.heartbeat_timeout:g} s)"
-                        )
+            now = time.monotonic()
+            watch.tick(now)
+            for worker, silent in watch.silent(self.heartbeat_timeout, now):
+                handle = self.workers.get(str(worker))
+                if handle is None:
+                    watch.forget(worker)
+                    continue
+                handle.channel.abort(
+                    TimeoutError(
+                        f"no frame from worker {handle.id} for {silent:.1f} s "
+                        f"(heartbeat timeout {self.heartbeat_timeout:g} s)"
                     )
-                elif handle.channel.is_open:
+                )
+            for handle in list(self.workers.values()):
+                if handle.channel.is_open:
                     handle.channel.send(Heartbeat())
 
     def _new_channel(self) -> Channel:
@@ -197,6 +206,7 @@ class Cluster:
             last_seen=now,
         )
         self.workers[hello.id] = handle
+        self._silence.heard(hello.id, time.monotonic())
         self.joined_total += 1
         log.info("worker %s joined from %s with %d cores", hello.id, handle.address, handle.cores)
         self._changed.set()
@@ -208,6 +218,7 @@ class Cluster:
         if handle is None or handle.channel is not channel:
             return  # a late frame from a connection we already dropped
         handle.last_seen = time.time()
+        self._silence.heard(handle.id, time.monotonic())
         self._on_message(handle, msg, payload)
 
     def _closed(self, channel: Channel, exc: BaseException | None) -> None:
@@ -216,6 +227,7 @@ class Cluster:
         if peer is None or handle is None or handle.channel is not channel:
             return  # never registered: the listener logged a failed handshake
         del self.workers[peer.id]
+        self._silence.forget(peer.id)
         handle.state = "lost"
         self.lost_total += 1
         if not channel.closed_by_us or not isinstance(exc, ConnectionClosed):

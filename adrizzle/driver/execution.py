@@ -35,6 +35,7 @@ from adrizzle.errors import (
     SerializationError,
     StateRollback,
 )
+from adrizzle.wire.liveness import SilenceWatch
 from adrizzle.wire.messages import (
     BatchResult,
     CancelGroups,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("adrizzle.driver")
+PROGRESS = "progress"  # the one key of a run's SilenceWatch
 
 
 def serialize_programs(programs: list[JobProgram], first_job: int) -> bytes:
@@ -130,7 +132,10 @@ class RunExecution:
         self._starved: asyncio.TimerHandle | None = None
         self._stall_timeout = stall_timeout
         self._stall_timer: asyncio.TimerHandle | None = None
-        self._progress_at = time.perf_counter()
+        # Frames for this run, counted only while the driver's loop was listening: a loop
+        # blocked by the caller must not make a healthy run look stalled.
+        self._progress = SilenceWatch(stall_timeout / 4 if stall_timeout else 1.0)
+        self._progress.heard(PROGRESS, time.perf_counter())
         self._placement: tuple[int, list[str], list[int], dict[tuple[str, int], int]] = (
             -1,
             [],
@@ -183,7 +188,9 @@ class RunExecution:
         if self._closed or self._failure is not None or self.sched.finished:
             return
         assert self._stall_timeout is not None
-        silent = time.perf_counter() - self._progress_at
+        now = time.perf_counter()
+        self._progress.tick(now)
+        silent = self._progress.silent_for(PROGRESS, now)
         if (self.sched.in_flight or self.sched.incomplete) and silent > self._stall_timeout:
             if self._stateful is not None:
                 self._rollback(f"no progress for {silent:.1f} s")
@@ -202,7 +209,7 @@ class RunExecution:
                     self._routes.pop(group, None)
             if not aborted:
                 self._metrics.recoveries += 1
-            self._progress_at = time.perf_counter()
+            self._progress.heard(PROGRESS, time.perf_counter())
             self._launch_more()
         self._stall_timer = asyncio.get_running_loop().call_later(
             self._stall_timeout / 4, self._check_stall
@@ -360,7 +367,8 @@ class RunExecution:
     # -- stimuli from the cluster --------------------------------------------------------
 
     def on_message(self, worker: WorkerHandle, msg: Message, payload: bytes) -> None:
-        t0 = self._progress_at = time.perf_counter()
+        t0 = time.perf_counter()
+        self._progress.heard(PROGRESS, t0)
         if type(msg) is BatchResult and not self._closed:
             try:
                 batches = pickle.loads(payload)

@@ -98,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--heartbeat-timeout",
         type=float,
-        default=5.0,
-        help="exit when the driver has been silent this many seconds (default 5)",
+        default=30.0,
+        help="exit when the driver has been silent this many seconds of this worker's own "
+        "listening time (default 30: longer than the driver's 5 s for workers, so that a "
+        "driver whose loop is briefly blocked does not lose its cluster)",
     )
     p.add_argument(
         "--handshake-timeout",

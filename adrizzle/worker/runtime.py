@@ -26,6 +26,7 @@ from adrizzle.wire import auth
 from adrizzle.wire.channel import Channel, ConnectionClosed
 from adrizzle.wire.connection import Connection
 from adrizzle.wire.framing import FrameLimits
+from adrizzle.wire.liveness import SilenceWatch
 from adrizzle.wire.messages import (
     PROTOCOL_VERSION,
     BatchResult,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("adrizzle.worker")
 T = TypeVar("T")
 
+DRIVER = "driver"  # the one peer the worker's SilenceWatch follows
 DRIVER_MESSAGES = (LaunchGroup, ClusterView, CancelGroups, Shutdown, Heartbeat)
 
 
@@ -103,7 +105,7 @@ class WorkerRuntime:
         data_listen: tuple[str, int] | None = None,
         shuffle_timeout: float = 60.0,
         heartbeat_interval: float = 1.0,
-        heartbeat_timeout: float = 5.0,
+        heartbeat_timeout: float = 30.0,
         drain_timeout: float = 30.0,
         start_timeout: float = 60.0,
         data_advertise: str | None = None,
@@ -115,7 +117,7 @@ class WorkerRuntime:
         self.drain_timeout = drain_timeout
         self.start_timeout = start_timeout
         self._draining = False
-        self._driver_seen = time.monotonic()
+        self._silence = SilenceWatch(heartbeat_interval)
         self.host, self.port = host, port
         self.token = token
         self.cores = cores
@@ -212,10 +214,15 @@ class WorkerRuntime:
 
     async def _heartbeat_loop(self) -> None:
         """A heartbeat to the driver every interval; a driver silent for longer than the
-        timeout is gone (stopped, or cut off without a FIN): stop instead of waiting forever."""
+        timeout is gone (stopped, or cut off without a FIN): stop instead of waiting forever.
+        Silence counts only while this loop ran (``SilenceWatch``): a starved worker does not
+        leave because it could not listen."""
+        watch = self._silence
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            silent = time.monotonic() - self._driver_seen
+            now = time.monotonic()
+            watch.tick(now)
+            silent = watch.silent_for(DRIVER, now)
             if silent > self.heartbeat_timeout:
                 log.warning(
                     "no frame from the driver %s for %.1f s (heartbeat timeout %g s)",
@@ -316,10 +323,10 @@ class WorkerRuntime:
         # must know its channel here, not when run() resumes after _connect() (loop
         # iterations later), or the slots' answers to that launch find no channel.
         self.channel = channel
-        self._driver_seen = time.monotonic()
+        self._silence.heard(DRIVER, time.monotonic())
 
     def _on_driver_message(self, channel: Channel, msg: Message, payload: bytes) -> None:
-        self._driver_seen = time.monotonic()
+        self._silence.heard(DRIVER, time.monotonic())
         if type(msg) is LaunchGroup:
             self._launch(msg, payload)
         elif type(msg) is ClusterView:

@@ -119,14 +119,16 @@ class SlotPool:
                 ours.close()
                 raise
             self.slots.append(Slot(index, proc, channel, ready))
-        try:
-            await asyncio.wait_for(asyncio.gather(*(s.ready for s in self.slots)), timeout)
-        except TimeoutError:
+        _done, late_slots = await asyncio.wait([s.ready for s in self.slots], timeout=timeout)
+        for slot in self.slots:
+            if slot.ready.done():
+                slot.ready.result()  # a slot that exited during start-up: SlotStartError
+        if late_slots:
             late = [s.index for s in self.slots if not s.ready.done()]
             raise SlotStartError(
                 f"slot processes {late} did not start within {timeout:g} s "
                 "(an overloaded host, or a Python environment that cannot import adrizzle)"
-            ) from None
+            )
 
     def _dispatch(
         self, index: int, ready: asyncio.Future[int], msg: Message, payload: bytes

@@ -51,7 +51,7 @@ def test_help_documents_every_flag() -> None:
     for flag in ("--cores", "--token-file", "--name", "--connect-timeout", "--log-level",
                  "--log-json", "--max-frame-bytes", "ADRIZZLE_AUTH_TOKEN", "--data-listen",
                  "--handshake-timeout", "--max-connections-per-address", "--tls-ca-file",
-                 "--tls-cert", "--tls-key"):  # fmt: skip
+                 "--tls-cert", "--tls-key", "--start-timeout"):  # fmt: skip
         assert flag in out
 
 
@@ -99,6 +99,31 @@ async def test_unreachable_driver_exits_nonzero_with_one_clear_line() -> None:
     assert f"cannot connect to driver tcp://127.0.0.1:{port}" in errors[0]
 
 
+async def test_slots_that_do_not_start_in_time_end_the_worker_with_one_clear_line() -> None:
+    # No slot process is ready within a millisecond: the worker must say so in one line and
+    # exit 1, never with a traceback, and leave no slot behind (the leak check runs after).
+    proc = spawn("tcp://127.0.0.1:1", "--cores", "2", "--start-timeout", "0.001")
+    code, err = await wait_exit(proc)
+    assert code == 1
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, err
+    assert "slot processes [0, 1] did not start within 0.001 s" in errors[0]
+
+
+async def test_sigterm_while_slots_start_exits_at_once() -> None:
+    proc = spawn("tcp://127.0.0.1:1", "--cores", "2", "--start-timeout", "60")
+    worker = psutil.Process(proc.pid)
+    for _ in range(400):  # until the worker has spawned its slots (they are not ready yet)
+        if len(worker.children()) == 2:
+            break
+        await asyncio.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    code, err = await wait_exit(proc, timeout=10)
+    assert code == 0
+    assert "Traceback" not in err
+
+
 async def test_missing_or_exposed_token_is_refused(tmp_path: Path) -> None:
     code, err = await wait_exit(spawn("tcp://127.0.0.1:1", token=None))
     assert code == 2
@@ -124,6 +149,7 @@ async def test_no_token_is_refused_whatever_the_data_port_binds_to() -> None:
     [
         ("--max-connections-per-address", "0", "--max-connections-per-address must be at least 1"),
         ("--handshake-timeout", "0", "--handshake-timeout must be positive"),
+        ("--start-timeout", "-1", "--start-timeout must be positive"),
         ("--data-listen", "host:port", "port must be a number"),
     ],
 )
