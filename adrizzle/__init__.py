@@ -17,9 +17,9 @@ from adrizzle import errors
 from adrizzle.api.dataset import Dataset
 from adrizzle.api.engine import Engine, JobResult
 from adrizzle.api.stream import Stream, StreamBatch
-from adrizzle.api.windows import WindowResult
 from adrizzle.driver.adaptive import AdaptiveGroupSize
 from adrizzle.errors import TaskError
+from adrizzle.plan.windows import WindowResult
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine

@@ -89,6 +89,11 @@ def _rebuild_task_error(
     )
 
 
+class StateOrderError(AdrizzleError, RuntimeError):
+    """Stream state cannot be used as asked: a stateful step saw its micro-batches out of
+    order, its state is missing on the slot, or a checkpoint does not fit the stream."""
+
+
 class StateRollback(AdrizzleError):
     """A run with stream state lost a worker (or a frame, or a data link): its groups were
     dropped and the state must be restored from the last checkpoint. ``Stream.run`` handles

@@ -45,8 +45,8 @@ from typing import Any
 import cloudpickle
 
 import adrizzle
-from adrizzle.api.partitioning import partition_of
 from adrizzle.errors import AdrizzleError
+from adrizzle.plan.partitioning import partition_of
 
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))

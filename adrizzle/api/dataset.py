@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from adrizzle.api.program import (
+from adrizzle.plan.program import (
     FILTER,
     FLAT_MAP,
     GROUP,
@@ -27,9 +27,9 @@ from adrizzle.api.program import (
     ShuffleWrite,
     Source,
     StageProgram,
-    StateUpdate,
     Step,
 )
+from adrizzle.plan.state import StateUpdate
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator

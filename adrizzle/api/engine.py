@@ -17,14 +17,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Se
 from typing import TYPE_CHECKING, Any
 
 from adrizzle.api.dataset import Dataset, split_evenly
-from adrizzle.api.program import (
-    FunctionSource,
-    JobProgram,
-    ShippedSource,
-    StateOrderError,
-    StateUpdate,
-    state_steps,
-)
 from adrizzle.driver.adaptive import GroupSize, resolve_group_size
 from adrizzle.driver.blocks import BlockRegistry
 from adrizzle.driver.checkpoint import StateCheckpoints
@@ -33,7 +25,13 @@ from adrizzle.driver.execution import RunExecution, StatefulRun, run_waves
 from adrizzle.driver.local import LocalWorkers
 from adrizzle.driver.metrics import DriverMetrics
 from adrizzle.driver.scheduler import RunScheduler, interleave_slots, place_partitions
-from adrizzle.errors import AdrizzleError, NoWorkersError, ReplayNeeded, TaskError
+from adrizzle.errors import AdrizzleError, NoWorkersError, ReplayNeeded, StateOrderError, TaskError
+from adrizzle.plan.program import (
+    FunctionSource,
+    JobProgram,
+    ShippedSource,
+    state_steps,
+)
 from adrizzle.wire import auth
 from adrizzle.wire.address import is_loopback, parse_address
 from adrizzle.wire.channel import FrameCounter
@@ -55,6 +53,7 @@ if TYPE_CHECKING:
     from adrizzle.api.stream import Stream
     from adrizzle.driver.adaptive import GroupTiming
     from adrizzle.driver.scheduler import SlotRef
+    from adrizzle.plan.state import StateUpdate
     from adrizzle.status.server import StatusServer
 
 log = logging.getLogger("adrizzle.driver")

@@ -49,16 +49,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adrizzle.api.dataset import Dataset
-from adrizzle.api.program import BatchSource, StateUpdate
-from adrizzle.api.windows import (
+from adrizzle.driver.adaptive import resolve_group_size
+from adrizzle.errors import ReplayNeeded, StateRollback
+from adrizzle.plan.program import BatchSource
+from adrizzle.plan.state import StateUpdate, update_by_key
+from adrizzle.plan.windows import (
     WindowResult,
     WindowSpec,
     assign_windows,
     close_windows,
     merge_marked,
 )
-from adrizzle.driver.adaptive import resolve_group_size
-from adrizzle.errors import ReplayNeeded, StateRollback
 
 if TYPE_CHECKING:
     import os
@@ -379,7 +380,7 @@ class Stream:
         def before(ds: Dataset) -> Dataset:
             return ds.reduce_by_key(combine, n) if combine is not None else ds.group_by_key(n)
 
-        step = functools.partial(_update_by_key, func, combine is not None)
+        step = functools.partial(update_by_key, func, combine is not None)
         return self._stateful(before, step, n)
 
     def window_reduce(
@@ -701,24 +702,6 @@ async def _wait_cut(origin: _Origin, batch: int, feeder: asyncio.Task[None] | No
             await asyncio.wait({feeder, signal}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             signal.cancel()
-
-
-def _update_by_key(
-    func: Callable[[list[Any], Any], Any],
-    combined: bool,
-    state: dict[Any, Any],
-    items: Iterable[tuple[Any, Any]],
-    batch: int,
-    last: bool,
-) -> list[tuple[Any, Any]]:
-    # Computed first, applied after: a func that raises leaves the state as it was.
-    changes = [(k, func([v] if combined else v, state.get(k))) for k, v in items]
-    for k, new in changes:
-        if new is None:
-            state.pop(k, None)
-        else:
-            state[k] = new
-    return changes
 
 
 def _one(item: Any) -> int:

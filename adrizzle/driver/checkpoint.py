@@ -30,7 +30,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adrizzle.api.program import StateOrderError
+from adrizzle.errors import StateOrderError
 
 if TYPE_CHECKING:
     import asyncio

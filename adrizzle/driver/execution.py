@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 
 import cloudpickle
 
-from adrizzle.api.program import ShippedSource, ShuffleRead, stage_waves
 from adrizzle.driver.adaptive import GroupClock
 from adrizzle.driver.checkpoint import Piece
 from adrizzle.driver.scheduler import interleave_slots, place_partitions
@@ -35,6 +34,7 @@ from adrizzle.errors import (
     SerializationError,
     StateRollback,
 )
+from adrizzle.plan.program import ShippedSource, ShuffleRead, stage_waves
 from adrizzle.wire.liveness import SilenceWatch
 from adrizzle.wire.messages import (
     BatchResult,
@@ -50,13 +50,13 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
-    from adrizzle.api.program import JobProgram
     from adrizzle.driver.adaptive import GroupTiming
     from adrizzle.driver.blocks import BlockRegistry
     from adrizzle.driver.checkpoint import StateCheckpoints
     from adrizzle.driver.cluster import WorkerHandle
     from adrizzle.driver.metrics import DriverMetrics
     from adrizzle.driver.scheduler import GroupPlan, JobOutcome, RunScheduler, SlotRef
+    from adrizzle.plan.program import JobProgram
 
 
 log = logging.getLogger("adrizzle.driver")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from adrizzle.api.program import TaskFailure
 from adrizzle.errors import TaskError, WorkerLostError
+from adrizzle.plan.failure import TaskFailure
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence

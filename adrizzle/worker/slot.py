@@ -24,15 +24,14 @@ from typing import Any
 
 import cloudpickle
 
-from adrizzle.api.program import (
+from adrizzle.plan.failure import TaskFailure
+from adrizzle.plan.program import (
     BlockStore,
     JobProgram,
     ShuffleRead,
     StageProgram,
-    StateStore,
-    TaskFailure,
-    restore_states,
 )
+from adrizzle.plan.state import StateStore, restore_states
 from adrizzle.wire.framing import FrameDecoder, FrameLimits, encode_frame
 from adrizzle.wire.messages import (
     BatchResult,

@@ -70,7 +70,7 @@ class SlotPool:
         ready within ``timeout`` s; the slots spawned so far are then left for ``close``."""
         loop = asyncio.get_running_loop()
         # A fixed hash seed in every slot of the cluster: shuffle keys that fall back to hash()
-        # (see adrizzle.api.partitioning) then pick the same reducer in every process. The
+        # (see adrizzle.plan.partitioning) then pick the same reducer in every process. The
         # cluster token stays out of the slots: they never dial anyone, and user code runs there.
         env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
         env["PYTHONHASHSEED"] = "0"

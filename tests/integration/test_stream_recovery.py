@@ -22,8 +22,8 @@ import cloudpickle
 import pytest
 
 import adrizzle
-from adrizzle.api.program import StateOrderError
 from adrizzle.driver.checkpoint import FILE_PREFIX, read_checkpoint_file
+from adrizzle.errors import StateOrderError
 from tests.conftest import fast_heartbeat_engine
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

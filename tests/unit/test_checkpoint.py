@@ -9,7 +9,6 @@ from typing import Any
 
 import cloudpickle
 
-from adrizzle.api.program import PartitionState, restore_states
 from adrizzle.driver.checkpoint import (
     FILE_PREFIX,
     Piece,
@@ -17,6 +16,7 @@ from adrizzle.driver.checkpoint import (
     read_checkpoint_file,
 )
 from adrizzle.driver.scheduler import SlotRef
+from adrizzle.plan.state import PartitionState, restore_states
 
 SLOTS = [SlotRef("w0", 0), SlotRef("w1", 0)]
 

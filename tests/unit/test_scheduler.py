@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adrizzle.api.program import TaskFailure
 from adrizzle.driver.scheduler import (
     RunScheduler,
     SlotRef,
@@ -16,6 +15,7 @@ from adrizzle.driver.scheduler import (
     place_partitions,
 )
 from adrizzle.errors import WorkerLostError
+from adrizzle.plan.failure import TaskFailure
 
 
 def make(n_jobs: int = 10, partitions: int = 4, group_size: int = 3, window: int = 2):

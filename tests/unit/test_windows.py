@@ -11,17 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adrizzle.api.partitioning import partition_of
-from adrizzle.api.program import (
-    BatchSource,
-    PartitionState,
-    ShuffleRead,
-    ShuffleWrite,
-    StateOrderError,
-    StateUpdate,
-)
-from adrizzle.api.stream import _update_by_key
-from adrizzle.api.windows import (
+from adrizzle.errors import StateOrderError
+from adrizzle.plan.partitioning import partition_of
+from adrizzle.plan.program import BatchSource, ShuffleRead, ShuffleWrite
+from adrizzle.plan.state import PartitionState, StateUpdate, update_by_key
+from adrizzle.plan.windows import (
     EventTime,
     MarkKey,
     WindowResult,
@@ -204,19 +198,19 @@ def test_state_update_output_is_materialized() -> None:
     assert states[(1, 0)].data == {"n": 3}
 
 
-def test_update_by_key_emits_new_states_and_deletes_on_none() -> None:
+def testupdate_by_key_emits_new_states_and_deletes_on_none() -> None:
     state: dict = {"gone": 5}
 
     def func(values: list[int], total: int | None) -> int | None:
         return None if sum(values) < 0 else (total or 0) + sum(values)
 
-    out = _update_by_key(func, False, state, [("a", [1, 2]), ("gone", [-1])], 0, False)
+    out = update_by_key(func, False, state, [("a", [1, 2]), ("gone", [-1])], 0, False)
     assert out == [("a", 3), ("gone", None)]
     assert state == {"a": 3}
-    assert _update_by_key(func, True, state, [("a", 4)], 1, False) == [("a", 7)]
+    assert update_by_key(func, True, state, [("a", 4)], 1, False) == [("a", 7)]
 
 
-def test_update_by_key_leaves_state_alone_when_func_raises() -> None:
+def testupdate_by_key_leaves_state_alone_when_func_raises() -> None:
     state: dict = {"a": 1}
 
     def func(values: list[int], total: int | None) -> int:
@@ -225,7 +219,7 @@ def test_update_by_key_leaves_state_alone_when_func_raises() -> None:
         return (total or 0) + 1
 
     with pytest.raises(ValueError, match="boom"):
-        _update_by_key(func, True, state, [("a", 1), ("b", "boom")], 0, False)
+        update_by_key(func, True, state, [("a", 1), ("b", "boom")], 0, False)
     assert state == {"a": 1}
 
 

@@ -16,77 +16,21 @@ from __future__ import annotations
 
 import itertools
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from adrizzle.api.partitioning import portable_hash
+from adrizzle.errors import StateOrderError
+from adrizzle.plan.partitioning import portable_hash
+from adrizzle.plan.state import StateStore, StateUpdate
 
 BlockStore = dict[tuple[int, int], list[Any]]
-StateStore = dict[tuple[int, int], "PartitionState"]
 Action = Callable[[Iterator[Any]], Any]
 
 MAP, FILTER, FLAT_MAP, MAP_PARTITIONS = "map", "filter", "flat_map", "map_partitions"
 NARROW_KINDS = (MAP, FILTER, FLAT_MAP, MAP_PARTITIONS)
 REDUCE, GROUP, JOIN = "reduce_by_key", "group_by_key", "join"
 STATEFUL = "stateful"
-
-
-class StateOrderError(RuntimeError):
-    """A stateful step saw its micro-batches out of order, or its state is missing."""
-
-
-@dataclass(slots=True)
-class PartitionState:
-    """One partition's state of one stateful step, kept by the slot that owns the partition."""
-
-    data: dict[Any, Any]
-    batch: int  # the last micro-batch applied
-    dirty: bool = field(default=False, compare=False)  # changed since its last checkpoint
-
-
-@dataclass(frozen=True, slots=True)
-class StateUpdate:
-    """A stateful step: for micro-batch ``b = run_first + job``, ``func(state, items, b, last)``
-    updates the partition's ``state`` dict in place and returns the step's output items
-    (``last``: ``b`` is the stream's last batch, so windows flush what is still open).
-
-    Batches apply in order, each once: the slot runs a partition's micro-batches lowest first,
-    and this refuses a batch not after the last one applied. State that should exist but does
-    not (the partition moved to a slot that never saw it) is an error, never a silent restart.
-    """
-
-    state_id: int
-    first_batch: int  # the stream's first batch: the only one that may create the state
-    run_first: int  # the batch of the run's job 0
-    func: Callable[[dict[Any, Any], Iterator[Any], int, bool], Iterable[Any]]
-    last_batch: int | None = None  # the stream's last batch, when it is bounded
-
-    def __call__(
-        self, states: StateStore, partition: int, it: Iterator[Any], job: int = 0
-    ) -> Iterator[Any]:
-        batch = self.run_first + job
-        key = (self.state_id, partition)
-        cell = states.get(key)
-        if cell is None:
-            if batch != self.first_batch:
-                raise StateOrderError(
-                    f"state {self.state_id} of partition {partition} is not on this slot at "
-                    f"micro-batch {batch} (the stream started at {self.first_batch}): the "
-                    "partition moved or its slot restarted"
-                )
-            cell = states[key] = PartitionState({}, batch - 1)
-        if batch <= cell.batch:
-            raise StateOrderError(
-                f"state {self.state_id} of partition {partition}: micro-batch {batch} "
-                f"arrived after {cell.batch} was applied"
-            )
-        # Materialized: the state must be updated even if the action reads part of the output.
-        out = list(self.func(cell.data, it, batch, batch == self.last_batch))
-        cell.batch = batch
-        cell.dirty = True
-        return iter(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,27 +257,6 @@ class JobProgram:
         )
 
 
-def state_steps(program: JobProgram) -> dict[int, tuple[int, StateUpdate]]:
-    """The program's stateful steps: ``state_id -> (partitions of its stage, the step)``."""
-    found: dict[int, tuple[int, StateUpdate]] = {}
-    for stage in program.stages:
-        for step in stage.steps:
-            if step.kind == STATEFUL and isinstance(step.func, StateUpdate):
-                found[step.func.state_id] = (stage.partitions, step.func)
-    return found
-
-
-def restore_states(states: StateStore, state_ids: Iterable[int], cells: StateStore) -> None:
-    """Replace every partition of these states by ``cells`` (a checkpoint's), dropping the
-    partitions not in it: what a slot held of them may be ahead of the checkpoint."""
-    ids = set(state_ids)
-    for key in [k for k in states if k[0] in ids]:
-        del states[key]
-    for key, cell in cells.items():
-        cell.dirty = False
-        states[key] = cell
-
-
 def stage_waves(stages: tuple[StageProgram, ...]) -> list[list[int]]:
     """Stages grouped by depth: every stage's inputs are in earlier waves (the BSP barriers)."""
     depth: list[int] = []
@@ -345,15 +268,11 @@ def stage_waves(stages: tuple[StageProgram, ...]) -> list[list[int]]:
     return [[i for i, d in enumerate(depth) if d == w] for w in range(max(depth) + 1)]
 
 
-@dataclass(frozen=True, slots=True)
-class TaskFailure:
-    """Stands in a result list for a task whose user code raised."""
-
-    exc_type: str
-    message: str
-    traceback: str
-
-    @classmethod
-    def capture(cls, exc: BaseException) -> TaskFailure:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return cls(type(exc).__qualname__, str(exc), tb)
+def state_steps(program: JobProgram) -> dict[int, tuple[int, StateUpdate]]:
+    """The program's stateful steps: ``state_id -> (partitions of its stage, the step)``."""
+    found: dict[int, tuple[int, StateUpdate]] = {}
+    for stage in program.stages:
+        for step in stage.steps:
+            if step.kind == STATEFUL and isinstance(step.func, StateUpdate):
+                found[step.func.state_id] = (stage.partitions, step.func)
+    return found
