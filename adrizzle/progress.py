@@ -20,12 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
-    from adrizzle.api.engine import Engine
+
+class HasStatistics(Protocol):
+    """What ``job_progress`` follows: an engine (anything with ``statistics()``)."""
+
+    def statistics(self) -> dict[str, Any]: ...
 
 
 class Bar:
@@ -94,7 +98,7 @@ def progress(
 
 @contextlib.asynccontextmanager
 async def job_progress(
-    engine: Engine,
+    engine: HasStatistics,
     total: int,
     desc: str = "micro-batches",
     *,

@@ -200,7 +200,7 @@ class Engine:
         if self._status_address is not None:
             from adrizzle.status.server import StatusServer
 
-            self._status = StatusServer(self, self._status_address)
+            self._status = StatusServer(self.statistics, self._status_address)
             try:
                 await self._status.start()
             except BaseException:

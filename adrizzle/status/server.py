@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -22,8 +23,8 @@ from aiohttp import web
 from adrizzle.status import prometheus
 from adrizzle.wire.address import parse_address
 
-if TYPE_CHECKING:
-    from adrizzle.api.engine import Engine
+#: What the server reads: the engine's ``statistics`` (a fresh plain dict per call).
+Snapshot = Callable[[], dict[str, Any]]
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -44,8 +45,11 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 
 class StatusServer:
-    def __init__(self, engine: Engine, address: str) -> None:
-        self._engine = engine
+    """Serves ``snapshot()`` (the engine's ``statistics``): it reads driver state only through
+    that callable and never changes it."""
+
+    def __init__(self, snapshot: Snapshot, address: str) -> None:
+        self._snapshot = snapshot
         self._host, self._port = parse_address(address, 8780)
         self._runner: web.AppRunner | None = None
         self._lag_watch: asyncio.Task[None] | None = None
@@ -95,13 +99,13 @@ class StatusServer:
         return max(self._lags, default=0.0)
 
     def _read(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        return self._engine.statistics(), {"loop_lag_s": self.loop_lag_s}
+        return self._snapshot(), {"loop_lag_s": self.loop_lag_s}
 
     async def _index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def _status(self, request: web.Request) -> web.Response:
-        stats = self._engine.statistics()
+        stats = self._snapshot()
         stats["loop_lag_s"] = self.loop_lag_s
         return _json(stats)
 
@@ -112,7 +116,7 @@ class StatusServer:
         )
 
     async def _health(self, request: web.Request) -> web.Response:
-        stats = self._engine.statistics()
+        stats = self._snapshot()
         workers = stats["workers"]
         lag = self.loop_lag_s
         body: dict[str, Any] = {"workers": len(workers), "loop_lag_s": lag}
