@@ -6,6 +6,22 @@
 ...         data = engine.parallelize(range(4000), partitions=4).cache()
 ...         print(await engine.run_jobs([data] * 10, sum, group_size=10))
 >>> adrizzle.run(main())  # doctest: +SKIP
+
+General layout (docs/architecture.md; imports point down, tests/unit/test_layering.py):
+
+- ``errors``, ``version``: leaves every layer may import.
+- ``plan/``: pure code the driver plans with and the slots execute (programs, partitioning,
+  stream state and windows).
+- ``wire/``: framing, typed messages, authentication, TLS, addresses, liveness (sans-I/O core
+  with an asyncio shell).
+- ``driver/`` (on plan/ and wire/): configuration, the run state machine and its shell,
+  placement, adaptive group size, checkpoints, the cluster, the driver session.
+- ``worker/`` (on plan/ and wire/, never driver/): the ``adrizzle-worker`` runtime, data links,
+  slot pool and slot processes.
+- ``api/`` (on driver/): the ``Engine`` façade, ``Dataset`` and ``Stream``.
+- ``status/``: the read-only status server, fed a snapshot callable.
+
+Everything a user needs is re-exported here; the rest is internal.
 """
 
 from __future__ import annotations
@@ -18,17 +34,19 @@ from adrizzle.api.dataset import Dataset
 from adrizzle.api.engine import Engine, JobResult
 from adrizzle.api.stream import Stream, StreamBatch
 from adrizzle.driver.adaptive import AdaptiveGroupSize
+from adrizzle.driver.config import EngineConfig
 from adrizzle.errors import TaskError
 from adrizzle.plan.windows import WindowResult
+from adrizzle.version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
 
-__version__ = "0.1.0"
 __all__ = [
     "AdaptiveGroupSize",
     "Dataset",
     "Engine",
+    "EngineConfig",
     "JobResult",
     "Stream",
     "StreamBatch",

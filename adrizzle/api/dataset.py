@@ -8,6 +8,7 @@ stage behind a shuffle. Nothing runs until a job is submitted with ``Engine.run_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from adrizzle.plan.program import (
@@ -32,9 +33,11 @@ from adrizzle.plan.program import (
 from adrizzle.plan.state import StateUpdate
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Iterable, Iterator, Sequence
 
-    from adrizzle.api.engine import Engine
+    from adrizzle.driver.session import DriverSession
+
+Func = Callable[[Any], Any]
 
 
 class Dataset:
@@ -52,15 +55,15 @@ class Dataset:
         "_parent",
         "_source",
         "_wide_parents",
-        "engine",
         "func",
         "node_id",
         "partitions",
+        "session",
     )
 
     def __init__(
         self,
-        engine: Engine,
+        session: DriverSession,
         *,
         partitions: int,
         source: Source | None = None,
@@ -69,8 +72,8 @@ class Dataset:
         func: Callable[..., Any] | None = None,
         wide_parents: tuple[Dataset, ...] = (),
     ) -> None:
-        self.engine = engine
-        self.node_id = engine._new_node_id() if source is None else source.node_id
+        self.session = session  # the engine's driver session (its internal API)
+        self.node_id = session.new_node_id() if source is None else source.node_id
         self.partitions = partitions
         self._source = source
         self._parent = parent
@@ -87,7 +90,7 @@ class Dataset:
     def _narrow(self, kind: str, func: Callable[..., Any]) -> Dataset:
         if not callable(func):
             raise TypeError(f"{kind}() needs a callable, got {type(func).__name__}")
-        return Dataset(self.engine, partitions=self.partitions, parent=self, kind=kind, func=func)
+        return Dataset(self.session, partitions=self.partitions, parent=self, kind=kind, func=func)
 
     def map(self, func: Callable[[Any], Any]) -> Dataset:
         return self._narrow(MAP, func)
@@ -107,7 +110,7 @@ class Dataset:
         if not isinstance(update, StateUpdate):
             raise TypeError(f"with_state() needs a StateUpdate, got {type(update).__name__}")
         return Dataset(
-            self.engine, partitions=self.partitions, parent=self, kind=STATEFUL, func=update
+            self.session, partitions=self.partitions, parent=self, kind=STATEFUL, func=update
         )
 
     # -- wide transformations (a shuffle, then a new stage) ---------------------------------
@@ -117,10 +120,10 @@ class Dataset:
         if n < 1:
             raise ValueError(f"partitions must be >= 1, got {n}")
         for other in others:
-            if other.engine is not self.engine:
+            if other.session is not self.session:
                 raise ValueError(f"{kind}: both datasets must belong to the same engine")
         return Dataset(
-            self.engine, partitions=n, kind=kind, func=func, wide_parents=(self, *others)
+            self.session, partitions=n, kind=kind, func=func, wide_parents=(self, *others)
         )
 
     def reduce_by_key(
@@ -150,7 +153,7 @@ class Dataset:
         """Keep this dataset's partitions in the slot that computes them (pinned there)."""
         if not self._cached:
             self._cached = True
-            self.engine._track_block_owner(self)
+            self.session.release_with(self, self.node_id)
         return self
 
     @property
@@ -220,4 +223,55 @@ def split_evenly(data: Iterable[Any], partitions: int) -> list[list[Any]]:
     return [items[(i * n) // partitions : ((i + 1) * n) // partitions] for i in range(partitions)]
 
 
-__all__ = ["Dataset", "FunctionSource", "ShippedSource", "split_evenly"]
+def parallelize(session: DriverSession, data: Iterable[Any], partitions: int) -> Dataset:
+    """A dataset of ``data`` in ``partitions`` contiguous slices, held by the driver and
+    shipped once to the slot each partition is pinned to (released when collected)."""
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    source = ShippedSource(session.new_node_id())
+    session.add_source(source.node_id, split_evenly(data, partitions))
+    dataset = Dataset(session, partitions=partitions, source=source)
+    session.release_with(dataset, source.node_id)
+    return dataset
+
+
+def job_programs(
+    session: DriverSession, datasets: Sequence[Dataset], funcs: Func | Sequence[Func]
+) -> list[JobProgram]:
+    """One program per job (``func`` applied to each partition of its dataset); jobs of one
+    call must share their stage structure. A dataset repeated is planned once."""
+    datasets = list(datasets)
+    if callable(funcs):
+        func_list: list[Func] = [funcs] * len(datasets)
+    else:
+        func_list = list(funcs)
+        if len(func_list) != len(datasets):
+            raise ValueError(f"{len(datasets)} datasets but {len(func_list)} functions")
+        for f in func_list:
+            if not callable(f):
+                raise TypeError(f"job functions must be callable, got {type(f).__name__}")
+    shape = None
+    programs: list[JobProgram] = []
+    cache: dict[tuple[int, int], JobProgram] = {}
+    for i, (ds, f) in enumerate(zip(datasets, func_list, strict=True)):
+        if not isinstance(ds, Dataset):
+            raise TypeError(f"job {i}: expected a Dataset, got {type(ds).__name__}")
+        if ds.session is not session:
+            raise ValueError(f"job {i}: the dataset belongs to another engine")
+        key = (id(ds), id(f))
+        program = cache.get(key)
+        if program is None:
+            program = cache[key] = ds.plan(f)
+            s = program.shape()
+            if shape is None:
+                shape = s
+            elif s != shape:
+                raise ValueError(
+                    f"jobs of one call must share their stage structure: job 0 is {shape}, "
+                    f"job {i} is {s}"
+                )
+        programs.append(program)
+    return programs
+
+
+__all__ = ["Dataset", "job_programs", "parallelize", "split_evenly"]

@@ -1,7 +1,8 @@
 """Adaptive group size (``group_size="auto"``): AIMD on each group's measured coordination overhead.
 
-Pure logic, no clock and no I/O: the run shell (``adrizzle.driver.execution``) passes in the
-times it observed, so unit tests drive the controller with scripted timings.
+Pure logic, no clock and no I/O: the run state machine (``adrizzle.driver.run_state``) keeps
+each group's clock from the times the shell passes in, so unit tests drive the controller with
+scripted timings.
 
 What a group's overhead is (DESIGN.md section 6, made measurable):
 
@@ -184,82 +185,6 @@ class GroupSizeController:
             "per_batch_ms": None if self.per_batch_s is None else self.per_batch_s * 1e3,
             "recent": [d.as_dict() for d in recent],
         }
-
-
-class GroupClock:
-    """Collects the timings of one run's groups from the shell's stimuli (times passed in).
-
-    ``launched`` when a group's first wave is sent (``slots``: how many slots of each worker
-    it uses), ``add_coordination`` for driver time spent on it later (acks), ``worker_busy``
-    with each worker's acknowledged busy time (summed over its slots), ``job_done`` per
-    completed job, ``finished`` when the group is fully acknowledged: returns its
-    ``GroupTiming`` (None if it produced no result).
-    """
-
-    def __init__(self) -> None:
-        # group -> [first job, last job, start, first done, last done, cpu, slots, busy]
-        self._groups: dict[int, list[Any]] = {}
-        self._job_group: dict[int, int] = {}
-        self._last_done: float | None = None
-
-    def launched(
-        self,
-        group: int,
-        first_job: int,
-        last_job: int,
-        now: float,
-        cpu_s: float,
-        slots: dict[str, int] | None = None,
-    ) -> None:
-        state = self._groups.get(group)
-        if state is not None:
-            state[5] += cpu_s  # a later wave of a BSP group
-            return
-        self._groups[group] = [first_job, last_job, now, None, None, cpu_s, slots or {}, None]
-        for job in range(first_job, last_job):
-            self._job_group[job] = group
-
-    def worker_busy(self, group: int, worker: str, busy_s: float) -> None:
-        """A worker acknowledged the group: keep the busiest slot's time (per-slot average)."""
-        state = self._groups.get(group)
-        if state is None:
-            return
-        per_slot = busy_s / max(1, state[6].get(worker, 1))
-        if state[7] is None or per_slot > state[7]:
-            state[7] = per_slot
-
-    def add_coordination(self, group: int, cpu_s: float) -> None:
-        state = self._groups.get(group)
-        if state is not None:
-            state[5] += cpu_s
-
-    def job_done(self, job: int, now: float) -> None:
-        group = self._job_group.pop(job, None)
-        state = self._groups.get(group) if group is not None else None
-        if state is None:
-            return
-        if state[3] is None:
-            # The group could not produce before the previous group's last result.
-            if self._last_done is not None and self._last_done > state[2]:
-                state[2] = self._last_done
-            state[3] = now
-        state[4] = now
-        self._last_done = now
-
-    def finished(self, group: int) -> GroupTiming | None:
-        state = self._groups.pop(group, None)
-        if state is None or state[3] is None:
-            return None
-        first_job, last_job, start, first, last, cpu, _slots, busy = state
-        return GroupTiming(group, last_job - first_job, start, first, last, cpu, busy)
-
-    def forget(self, group: int) -> None:
-        """The group was aborted (its jobs re-run elsewhere)."""
-        state = self._groups.pop(group, None)
-        if state is not None:
-            for job in range(state[0], state[1]):
-                if self._job_group.get(job) == group:
-                    del self._job_group[job]
 
 
 GroupSize = int | str | AdaptiveGroupSize | GroupSizeController

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import asyncio
     from collections.abc import Iterable
 
-    from adrizzle.driver.scheduler import SlotRef
+    from adrizzle.driver.placement import SlotRef
 
 log = logging.getLogger("adrizzle.driver")
 

@@ -165,6 +165,11 @@ class Cluster:
                 if handle.channel.is_open:
                     handle.channel.send(Heartbeat())
 
+    def deaf_statistics(self) -> dict[str, float]:
+        """Time the driver's loop was not listening (blocked or starved), in seconds: the
+        longest spell and the total (heartbeat silence does not count it against workers)."""
+        return {"max": self._silence.deaf_max, "total": self._silence.deaf_total}
+
     def _new_channel(self) -> Channel:
         conn = Connection(
             client=False,

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from adrizzle.driver.adaptive import GroupDecision
-    from adrizzle.driver.scheduler import JobOutcome
+    from adrizzle.driver.jobs import JobOutcome
 
 RECENT = 100  # values listed per series
 WINDOW = 1000  # micro-batches the percentiles are taken over
@@ -150,20 +150,17 @@ class DriverMetrics:
         self.shuffle_bytes_pushed += nbytes
 
     def jobs_completed(
-        self,
-        outcomes: Sequence[JobOutcome],
-        launched_at: dict[int, float] | None = None,
-        submitted_at: float | None = None,
+        self, outcomes: Sequence[JobOutcome], submitted_at: float | None = None
     ) -> None:
-        """Count delivered micro-batches; with their run's submission time and the launch
-        time of each job (``perf_counter``; consumed here), record their timings.
+        """Count delivered micro-batches; with their run's submission time (``perf_counter``)
+        record their timings (each outcome carries its group's launch time).
 
         The batches of one call share their latency (delivered together, submitted together)
         and the batches of one group their scheduling delay: one observation each.
         """
         now = time.perf_counter()
         failed = 0
-        if submitted_at is None or launched_at is None:
+        if submitted_at is None:
             for o in outcomes:
                 if o.error is not None:
                     failed += 1
@@ -173,13 +170,12 @@ class DriverMetrics:
             hist = self.latency
             hist.counts[bisect_left(hist.bounds, latency)] += n
             hist.sum += latency * n
-            pop = launched_at.pop
             add_latency, add_processing = self.recent_latency.append, self.recent_processing.append
             group_launch, same = submitted_at, 0
             for o in outcomes:
                 if o.error is not None:
                     failed += 1
-                launch = pop(o.index, submitted_at)
+                launch = o.launched_at or submitted_at
                 if launch != group_launch:  # a new group: observe the previous one's delay
                     if same:
                         self.scheduling_delay.observe(group_launch - submitted_at, same)

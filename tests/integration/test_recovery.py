@@ -148,10 +148,10 @@ async def test_stopped_worker_is_declared_lost_by_heartbeat_timeout() -> None:
         # Resumed, it finds the driver dropped it and exits on its own; its late frames
         # (results of aborted groups) went nowhere: the answers above are exact.
         for _ in range(100):
-            if engine._local is not None and engine._local.check_alive():
+            if engine.session.local is not None and engine.session.local.check_alive():
                 break
             await asyncio.sleep(0.05)
-        assert any(stopped["id"] in s for s in engine._local.check_alive())  # type: ignore[union-attr]
+        assert any(stopped["id"] in s for s in engine.session.local.check_alive())  # type: ignore[union-attr]
 
 
 # -- elasticity ------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ async def test_sigterm_makes_a_worker_drain_then_exit_cleanly() -> None:
         results = await asyncio.wait_for(run, 60)
         assert results == [expected_single(b) for b in range(n)]
         assert engine.statistics()["recoveries"] == 0
-        proc = engine._local.processes[leaving["id"]]  # type: ignore[union-attr]
+        proc = engine.session.local.processes[leaving["id"]]  # type: ignore[union-attr]
         for _ in range(200):
             if proc.poll() is not None:
                 break

@@ -175,7 +175,7 @@ async def test_checkpoint_dir_writes_whole_files_and_restores_from_them(tmp_path
         assert stats["storage"] == "directory"
         assert stats["files_written"] >= 1
         assert stats["write_errors"] == 0
-        assert engine._checkpoints.flush(10.0)
+        assert engine.session.checkpoints.flush(10.0)
         await asyncio.sleep(0.05)  # the writer's "written" callback runs on the loop
         names = sorted(p.name for p in directory.iterdir())
         # Only whole files (a temporary name is renamed, never left), old ones deleted.
@@ -220,7 +220,7 @@ async def test_a_live_stateful_stream_replays_its_kept_batches_after_a_loss() ->
         assert got == dict(want)
         # Items are kept until a checkpoint covers their batch (pruned at the end of each of
         # the stream's runs): at most the last run's batches are left.
-        kept = totals._origin.kept
+        kept = totals.origin.kept
         assert len(batches) > 20
         assert all(batches[-1] - 64 < b <= batches[-1] for b in kept), sorted(kept)
 
@@ -344,4 +344,4 @@ async def test_a_bsp_stateful_stream_checkpoints_its_last_wave_and_survives_a_ki
         assert stats["recoveries"] >= 1
         # The state changes in the second wave; the checkpoint is of the group's last batch.
         assert await engine.wait_settled()
-        assert engine._checkpoints.covered_through(stream._state_ids) == 39
+        assert engine.session.checkpoints.covered_through(stream.state_ids) == 39

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from adrizzle.driver.adaptive import (
     AdaptiveGroupSize,
-    GroupClock,
     GroupSizeController,
     GroupTiming,
     resolve_group_size,
 )
-from adrizzle.driver.scheduler import RunScheduler, interleave_slots, place_partitions
 
 BATCH = 0.010  # seconds of work per micro-batch in the scripts below
 
@@ -187,82 +183,3 @@ def test_size_always_within_bounds(fixed_costs: list[float]) -> None:
         size = c.next_size()
         assert 2 <= size <= 40
         c.observe(saturated(g, size, per_group=cost))
-
-
-# -- GroupClock: the shell's stimuli -> GroupTiming ------------------------------------------
-
-
-def test_clock_starts_a_group_at_its_launch_or_the_previous_result() -> None:
-    clock = GroupClock()
-    clock.launched(0, 0, 2, now=1.0, cpu_s=0.001)
-    clock.launched(1, 2, 4, now=1.002, cpu_s=0.002)  # pipelined: launched before 0 is done
-    clock.job_done(0, 1.010)
-    clock.job_done(1, 1.020)
-    clock.add_coordination(0, 0.0005)
-    assert clock.finished(0) == GroupTiming(0, 2, 1.0, 1.010, 1.020, 0.0015)
-    clock.job_done(2, 1.030)
-    clock.job_done(3, 1.040)
-    # Group 1 could not produce before group 0's last result at 1.020.
-    assert clock.finished(1) == GroupTiming(1, 2, 1.020, 1.030, 1.040, 0.002)
-
-
-def test_clock_keeps_the_busiest_slot_of_the_group() -> None:
-    clock = GroupClock()
-    clock.launched(0, 0, 4, now=0.0, cpu_s=0.0, slots={"a": 2, "b": 1})
-    clock.job_done(0, 0.01)
-    clock.worker_busy(0, "a", 0.030)  # two slots: 15 ms each on average
-    clock.worker_busy(0, "b", 0.020)
-    timing = clock.finished(0)
-    assert timing is not None
-    assert timing.busy_s == pytest.approx(0.020)
-
-
-def test_clock_ignores_groups_without_results_and_forgotten_ones() -> None:
-    clock = GroupClock()
-    clock.launched(5, 0, 3, now=0.0, cpu_s=0.0)
-    assert clock.finished(5) is None
-    clock.launched(6, 3, 4, now=0.0, cpu_s=0.0)
-    clock.forget(6)
-    clock.job_done(3, 0.1)  # a late result of the forgotten group
-    assert clock.finished(6) is None
-    clock.launched(7, 4, 5, now=0.0, cpu_s=0.001)
-    clock.launched(7, 4, 5, now=0.5, cpu_s=0.002)  # a BSP group's second wave
-    clock.job_done(4, 0.6)
-    timing = clock.finished(7)
-    assert timing is not None
-    assert timing.start == 0.0
-    assert timing.coordination_s == pytest.approx(0.003)
-
-
-# -- the scheduler asks the hook for each group's size ---------------------------------------
-
-
-def test_scheduler_plans_each_group_at_the_size_the_hook_gives() -> None:
-    answers = iter([1, 3, 50, 2])
-    slots = interleave_slots([("a", 1), ("b", 1)])
-    s = RunScheduler(
-        n_jobs=20,
-        partitions=2,
-        group_size=8,  # the largest size the hook may choose
-        window=10,
-        shares=place_partitions(2, slots),
-        group_ids=itertools.count(),
-        next_group_size=lambda: next(answers),
-    )
-    plans = [s.plan_next_group() for _ in range(4)]
-    assert [(p.first_job, p.last_job) for p in plans if p] == [(0, 1), (1, 4), (4, 12), (12, 14)]
-
-
-def test_scheduler_refuses_a_bad_hook_answer() -> None:
-    slots = interleave_slots([("a", 1)])
-    s = RunScheduler(
-        n_jobs=5,
-        partitions=1,
-        group_size=4,
-        window=2,
-        shares=place_partitions(1, slots),
-        group_ids=itertools.count(),
-        next_group_size=lambda: 0,
-    )
-    with pytest.raises(ValueError, match="hook"):
-        s.plan_next_group()

@@ -15,7 +15,7 @@ from adrizzle.driver.checkpoint import (
     StateCheckpoints,
     read_checkpoint_file,
 )
-from adrizzle.driver.scheduler import SlotRef
+from adrizzle.driver.placement import SlotRef
 from adrizzle.plan.state import PartitionState, restore_states
 
 SLOTS = [SlotRef("w0", 0), SlotRef("w1", 0)]

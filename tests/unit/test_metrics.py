@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from adrizzle.driver.jobs import JobOutcome
 from adrizzle.driver.metrics import RECENT, DriverMetrics, Histogram, percentile
-from adrizzle.driver.scheduler import JobOutcome
 from adrizzle.errors import TaskError
 from adrizzle.status import prometheus
 
@@ -37,16 +37,18 @@ def test_percentile_is_nearest_rank() -> None:
 def test_batch_timings_split_latency_into_delay_and_processing() -> None:
     metrics = DriverMetrics()
     now = time.perf_counter()
-    launched = {0: now - 0.25, 1: now - 0.25, 2: now - 0.5}
     error = TaskError(
         job=2, partition=0, worker="w", exc_type="E", message="m", remote_traceback=""
     )
+    # Each outcome carries its group's launch time (jobs 0 and 1 from one group).
     metrics.jobs_completed(
-        [JobOutcome(0, [1], None), JobOutcome(1, [2], None), JobOutcome(2, None, error)],
-        launched,
+        [
+            JobOutcome(0, [1], None, now - 0.25),
+            JobOutcome(1, [2], None, now - 0.25),
+            JobOutcome(2, None, error, now - 0.5),
+        ],
         submitted_at=now - 1.0,
     )
-    assert launched == {}  # consumed: one entry per job in flight, no more
     snap = metrics.snapshot()
     assert (snap["jobs_completed"], snap["jobs_failed"]) == (2, 1)
     assert snap["micro_batches_completed"] == snap["micro_batches_timed"] == 3
@@ -62,7 +64,7 @@ def test_recent_values_are_bounded() -> None:
     metrics = DriverMetrics()
     now = time.perf_counter()
     for j in range(3 * RECENT):
-        metrics.jobs_completed([JobOutcome(j, [], None)], {j: now}, submitted_at=now)
+        metrics.jobs_completed([JobOutcome(j, [], None, now)], submitted_at=now)
     snap = metrics.snapshot()
     assert len(snap["batch_latency_s"]["recent"]) == RECENT
     assert snap["micro_batches_timed"] == 3 * RECENT
@@ -93,9 +95,7 @@ def test_prometheus_text_round_trips_through_the_parser() -> None:
     metrics.group_launched(3)
     metrics.worker_group_done(tasks=6, failed=1)
     now = time.perf_counter()
-    metrics.jobs_completed(
-        [JobOutcome(j, [], None) for j in range(3)], dict.fromkeys(range(3), now), now - 0.002
-    )
+    metrics.jobs_completed([JobOutcome(j, [], None, now) for j in range(3)], now - 0.002)
     stats = snapshot_like_the_engine(metrics)
     stats["checkpoints"] = {"commits": 4, "restores": 1, "bytes_committed": 500}
     registry = prometheus.registry_for(lambda: (stats, {"loop_lag_s": 0.003}))
