@@ -1,4 +1,4 @@
-"""The run as one I/O-free state machine: ``RunScheduler.handle(event) -> list[Instruction]``.
+"""The run as one I/O-free state machine: ``RunScheduler.handle(event) -> list[ev.Instruction]``.
 
 Every rule of a run lives here (docs/architecture.md, "The run state machine"): which groups to
 plan and when (group size, the window of groups in flight, backpressure from the caller,
@@ -18,35 +18,10 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from adrizzle.driver import run_events as ev
 from adrizzle.driver.adaptive import GroupTiming
 from adrizzle.driver.jobs import JobLedger
 from adrizzle.driver.placement import GroupPlan, place_partitions
-from adrizzle.driver.run_events import (
-    Broken,
-    Cancel,
-    CheckpointArrived,
-    Closed,
-    Commit,
-    Consumed,
-    Deliver,
-    Fail,
-    Forget,
-    GroupAcked,
-    Launch,
-    Launched,
-    LinkLost,
-    LoadFailed,
-    NoWorkersTimeout,
-    Observed,
-    PlacementChanged,
-    Recovered,
-    ResultsArrived,
-    Rollback,
-    Stalled,
-    Start,
-    WaitForWorkers,
-    WorkerLost,
-)
 from adrizzle.errors import (
     AdrizzleError,
     NoWorkersError,
@@ -61,7 +36,6 @@ if TYPE_CHECKING:
     from adrizzle.driver.adaptive import GroupSizeController
     from adrizzle.driver.checkpoint import Piece
     from adrizzle.driver.placement import SlotRef, WorkerShare
-    from adrizzle.driver.run_events import Event, Instruction
 
 
 @dataclasses.dataclass(slots=True)
@@ -151,26 +125,26 @@ class RunScheduler:
         self._last_checkpoint = -1e18
         self._last_done: float | None = None
         self._lost: list[str] = []
-        self._handlers: dict[type, Callable[[Any, list[Instruction]], None]] = {
-            Start: self._on_start,
-            ResultsArrived: self._on_results,
-            GroupAcked: self._on_acked,
-            Launched: self._on_launched,
-            CheckpointArrived: self._on_checkpoint,
-            LoadFailed: self._on_load_failed,
-            Broken: self._on_broken,
-            WorkerLost: self._on_worker_lost,
-            LinkLost: self._on_link_lost,
-            Stalled: self._on_stalled,
-            PlacementChanged: self._on_placement,
-            Consumed: self._on_consumed,
-            NoWorkersTimeout: self._on_no_workers,
-            Closed: self._on_closed,
+        self._handlers: dict[type, Callable[[Any, list[ev.Instruction]], None]] = {
+            ev.Start: self._on_start,
+            ev.ResultsArrived: self._on_results,
+            ev.GroupAcked: self._on_acked,
+            ev.Launched: self._on_launched,
+            ev.CheckpointArrived: self._on_checkpoint,
+            ev.LoadFailed: self._on_load_failed,
+            ev.Broken: self._on_broken,
+            ev.WorkerLost: self._on_worker_lost,
+            ev.LinkLost: self._on_link_lost,
+            ev.Stalled: self._on_stalled,
+            ev.PlacementChanged: self._on_placement,
+            ev.Consumed: self._on_consumed,
+            ev.NoWorkersTimeout: self._on_no_workers,
+            ev.Closed: self._on_closed,
         }
 
-    def handle(self, event: Event) -> list[Instruction]:
+    def handle(self, event: ev.Event) -> list[ev.Instruction]:
         """Apply one event; return what the shell must do, in order."""
-        out: list[Instruction] = []
+        out: list[ev.Instruction] = []
         self._handlers[type(event)](event, out)
         return out
 
@@ -220,14 +194,14 @@ class RunScheduler:
             return []
         return place_partitions(self.partitions, slots, self.stage_partitions)
 
-    def _launch_more(self, now: float, out: list[Instruction]) -> None:
+    def _launch_more(self, now: float, out: list[ev.Instruction]) -> None:
         while self.failure is None and not self.closed and self.buffered < self.max_buffered:
             launch = self._plan_next(now)
             if launch is None:
                 return
             out.append(launch)
 
-    def _plan_next(self, now: float) -> Launch | None:
+    def _plan_next(self, now: float) -> ev.Launch | None:
         if len(self.in_flight) >= self.window or not self.shares:
             return None
         if self.redo:
@@ -261,7 +235,7 @@ class RunScheduler:
         )
         self.jobs.open(plan.jobs)
         self.groups_launched += 1
-        return Launch(plan, restore, checkpoint)
+        return ev.Launch(plan, restore, checkpoint)
 
     def _planned_size(self) -> int:
         if self.controller is None:
@@ -271,12 +245,12 @@ class RunScheduler:
             raise ValueError(f"the group size hook answered {size!r}, not a positive int")
         return min(size, self.group_size)
 
-    def _set_slots(self, slots: list[SlotRef], out: list[Instruction]) -> None:
+    def _set_slots(self, slots: list[SlotRef], out: list[ev.Instruction]) -> None:
         self.slots, self.shares = list(slots), self._place(slots)
         waiting = bool(self.partitions) and not self.shares
         if waiting != self._waiting_for_workers:
             self._waiting_for_workers = waiting
-            out.append(WaitForWorkers(self.no_workers_timeout if waiting else None))
+            out.append(ev.WaitForWorkers(self.no_workers_timeout if waiting else None))
 
     def _stop_planning(self) -> None:
         """Plan no more groups: the run ends once the groups launched are delivered."""
@@ -285,53 +259,55 @@ class RunScheduler:
 
     # -- events ------------------------------------------------------------------------
 
-    def _on_start(self, ev: Start, out: list[Instruction]) -> None:
+    def _on_start(self, event: ev.Start, out: list[ev.Instruction]) -> None:
         if self.partitions and not self.shares:
             self._waiting_for_workers = True
-            out.append(WaitForWorkers(self.no_workers_timeout))
-        self._launch_more(ev.now, out)
+            out.append(ev.WaitForWorkers(self.no_workers_timeout))
+        self._launch_more(event.now, out)
 
-    def _on_results(self, ev: ResultsArrived, out: list[Instruction]) -> None:
-        state = self.in_flight.get(ev.group)
+    def _on_results(self, event: ev.ResultsArrived, out: list[ev.Instruction]) -> None:
+        state = self.in_flight.get(event.group)
         if state is None:
             return  # an aborted attempt's late frame
-        if len(ev.values) != len(ev.jobs) or len(ev.failed) != len(ev.jobs):
-            detail = f"{len(ev.jobs)} jobs but {len(ev.values)} value lists"
-            self._fail(self._unreadable(ev, detail), out)
+        if len(event.values) != len(event.jobs) or len(event.failed) != len(event.jobs):
+            detail = f"{len(event.jobs)} jobs but {len(event.values)} value lists"
+            self._fail(self._unreadable(event, detail), out)
             return
         outcomes = []
         completed = False
         try:
-            for job, values, failed in zip(ev.jobs, ev.values, ev.failed, strict=True):
+            for job, values, failed in zip(event.jobs, event.values, event.failed, strict=True):
                 outcomes += self.jobs.record(
-                    ev.worker, job, ev.parts, values, failed, state.launched_at
+                    event.worker, job, event.parts, values, failed, state.launched_at
                 )
                 completed = completed or not self.jobs.is_open(job)
         except ValueError as exc:
-            self._fail(self._unreadable(ev, str(exc)), out)
+            self._fail(self._unreadable(event, str(exc)), out)
             return
         if completed:
             if state.first_done is None:
                 # The group could not produce before the previous group's last result.
                 if self._last_done is not None and self._last_done > state.start:
                     state.start = self._last_done
-                state.first_done = ev.now
-            state.last_done = self._last_done = ev.now
+                state.first_done = event.now
+            state.last_done = self._last_done = event.now
         if outcomes:
             self.buffered += len(outcomes)
-            out.append(Deliver(outcomes))
+            out.append(ev.Deliver(outcomes))
 
     @staticmethod
-    def _unreadable(ev: ResultsArrived, detail: str) -> AdrizzleError:
-        return AdrizzleError(f"cannot read results of jobs {ev.jobs} from {ev.worker}: {detail}")
+    def _unreadable(event: ev.ResultsArrived, detail: str) -> AdrizzleError:
+        return AdrizzleError(
+            f"cannot read results of jobs {event.jobs} from {event.worker}: {detail}"
+        )
 
-    def _on_acked(self, ev: GroupAcked, out: list[Instruction]) -> None:
-        state = self.in_flight.get(ev.group)
+    def _on_acked(self, event: ev.GroupAcked, out: list[ev.Instruction]) -> None:
+        state = self.in_flight.get(event.group)
         if state is None:
             return
-        state.awaiting.discard(ev.worker)
-        state.cost_s += ev.cost_s
-        per_slot = ev.busy_s / max(1, state.slots_of.get(ev.worker, 1))
+        state.awaiting.discard(event.worker)
+        state.cost_s += event.cost_s
+        per_slot = event.busy_s / max(1, state.slots_of.get(event.worker, 1))
         if state.busy_s is None or per_slot > state.busy_s:
             state.busy_s = per_slot
         if state.awaiting:
@@ -340,15 +316,15 @@ class RunScheduler:
         if plan.wave + 1 < self.waves:  # BSP: the next wave of stages
             state.plan = dataclasses.replace(plan, wave=plan.wave + 1)
             state.awaiting = plan.workers
-            out.append(Launch(state.plan, checkpoint=state.pieces is not None))
+            out.append(ev.Launch(state.plan, checkpoint=state.pieces is not None))
             return
-        del self.in_flight[ev.group]
-        out.append(Forget(ev.group, acked=True))
+        del self.in_flight[event.group]
+        out.append(ev.Forget(event.group, acked=True))
         if state.pieces is not None and self.stateful is not None:
-            out.append(Commit(state.pieces))
+            out.append(ev.Commit(state.pieces))
         if self.controller is not None and state.first_done is not None:
             timing = GroupTiming(
-                ev.group,
+                event.group,
                 plan.last_job - plan.first_job,
                 state.start,
                 state.first_done,
@@ -356,33 +332,33 @@ class RunScheduler:
                 state.cost_s,
                 state.busy_s,
             )
-            out.append(Observed(self.controller.observe(timing)))
-        self._launch_more(ev.now, out)
+            out.append(ev.Observed(self.controller.observe(timing)))
+        self._launch_more(event.now, out)
 
-    def _on_launched(self, ev: Launched, out: list[Instruction]) -> None:
-        state = self.in_flight.get(ev.group)
+    def _on_launched(self, event: ev.Launched, out: list[ev.Instruction]) -> None:
+        state = self.in_flight.get(event.group)
         if state is not None:
-            state.cost_s += ev.cost_s
+            state.cost_s += event.cost_s
 
-    def _on_checkpoint(self, ev: CheckpointArrived, out: list[Instruction]) -> None:
-        state = self.in_flight.get(ev.group)
+    def _on_checkpoint(self, event: ev.CheckpointArrived, out: list[ev.Instruction]) -> None:
+        state = self.in_flight.get(event.group)
         if state is not None and state.pieces is not None:
-            state.pieces.append(ev.piece)
+            state.pieces.append(event.piece)
 
-    def _on_load_failed(self, ev: LoadFailed, out: list[Instruction]) -> None:
-        self._fail(SerializationError(ev.reason), out)
+    def _on_load_failed(self, event: ev.LoadFailed, out: list[ev.Instruction]) -> None:
+        self._fail(SerializationError(event.reason), out)
 
-    def _on_broken(self, ev: Broken, out: list[Instruction]) -> None:
-        self._fail(ev.error, out)
+    def _on_broken(self, event: ev.Broken, out: list[ev.Instruction]) -> None:
+        self._fail(event.error, out)
 
-    def _on_worker_lost(self, ev: WorkerLost, out: list[Instruction]) -> None:
-        worker = ev.worker
+    def _on_worker_lost(self, event: ev.WorkerLost, out: list[ev.Instruction]) -> None:
+        worker = event.worker
         if self.failure is not None or self.finished or self.closed:
             # Nothing to re-run, but acks from it will never come: stop waiting for them
             # (wait_settled, and a stateful stream's next run waiting for its checkpoint).
             for group in [g for g, st in self.in_flight.items() if worker in st.awaiting]:
                 del self.in_flight[group]
-                out.append(Forget(group))
+                out.append(ev.Forget(group))
             return
         loss = self.loss_of(worker)
         if loss is not None:
@@ -393,34 +369,34 @@ class RunScheduler:
             return
         aborted = [st.plan for st in self.in_flight.values() if worker in st.plan.workers]
         self._abort(aborted, f"worker {worker} was lost", worker, out)
-        self._set_slots(ev.slots, out)
-        self._launch_more(ev.now, out)
+        self._set_slots(event.slots, out)
+        self._launch_more(event.now, out)
 
-    def _on_link_lost(self, ev: LinkLost, out: list[Instruction]) -> None:
+    def _on_link_lost(self, event: ev.LinkLost, out: list[ev.Instruction]) -> None:
         if self.failure is not None or self.finished or self.closed:
             return
-        both = {ev.worker, ev.peer}
+        both = {event.worker, event.peer}
         aborted = [st.plan for st in self.in_flight.values() if both <= st.plan.workers]
-        reason = f"data link {ev.worker} <-> {ev.peer} lost"
+        reason = f"data link {event.worker} <-> {event.peer} lost"
         if self.stateful is not None:
             if aborted:
                 self._rollback(reason, None, out)
             return
         self._abort(aborted, reason, None, out)
-        self._launch_more(ev.now, out)
+        self._launch_more(event.now, out)
 
-    def _on_stalled(self, ev: Stalled, out: list[Instruction]) -> None:
+    def _on_stalled(self, event: ev.Stalled, out: list[ev.Instruction]) -> None:
         if not self.in_flight and not self.jobs.incomplete:
             return
         if self.failure is not None or self.finished or self.closed:
             for group in list(self.in_flight):  # their acks were lost: stop awaiting them
                 del self.in_flight[group]
-                out.append(Forget(group))
+                out.append(ev.Forget(group))
             return
         in_flight = sorted(self.in_flight)
-        reason = f"no progress for {ev.silent_s:.1f} s (groups in flight: {in_flight or 'none'})"
+        reason = f"no progress for {event.silent_s:.1f} s (groups in flight: {in_flight or 'none'})"
         if self.stateful is not None:
-            self._rollback(f"no progress for {ev.silent_s:.1f} s", None, out)
+            self._rollback(f"no progress for {event.silent_s:.1f} s", None, out)
             return
         aborted = []
         for group, state in list(self.in_flight.items()):
@@ -428,31 +404,31 @@ class RunScheduler:
                 aborted.append(state.plan)
             else:  # every result is in: only its acknowledgements were lost
                 del self.in_flight[group]
-                out.append(Forget(group))
+                out.append(ev.Forget(group))
         covered = {job for plan in aborted for job in plan.jobs}
         # Jobs of groups that were acknowledged although a result frame never came.
         orphans = [job for job in self.jobs.open_jobs() if job not in covered]
         for job in orphans:
             self.jobs.reset(job)
         self._abort(aborted, reason, None, out, also=orphans)
-        self._launch_more(ev.now, out)
+        self._launch_more(event.now, out)
 
-    def _on_placement(self, ev: PlacementChanged, out: list[Instruction]) -> None:
-        if self.failure is not None or self.finished or self.closed or ev.slots == self.slots:
+    def _on_placement(self, event: ev.PlacementChanged, out: list[ev.Instruction]) -> None:
+        if self.failure is not None or self.finished or self.closed or event.slots == self.slots:
             return
-        if self.stateful is not None and ev.slots:
+        if self.stateful is not None and event.slots:
             # State lives on the slots: plan no more groups here; the stream's next run
             # moves the partitions (restoring their state from the checkpoint).
             self._stop_planning()
             return
-        self._set_slots(ev.slots, out)
-        self._launch_more(ev.now, out)
+        self._set_slots(event.slots, out)
+        self._launch_more(event.now, out)
 
-    def _on_consumed(self, ev: Consumed, out: list[Instruction]) -> None:
-        self.buffered = max(0, self.buffered - ev.n)
-        self._launch_more(ev.now, out)
+    def _on_consumed(self, event: ev.Consumed, out: list[ev.Instruction]) -> None:
+        self.buffered = max(0, self.buffered - event.n)
+        self._launch_more(event.now, out)
 
-    def _on_no_workers(self, ev: NoWorkersTimeout, out: list[Instruction]) -> None:
+    def _on_no_workers(self, event: ev.NoWorkersTimeout, out: list[ev.Instruction]) -> None:
         if self.shares or self.failure is not None:
             return
         lost = f" ({'; '.join(self._lost)})" if self._lost else ""
@@ -464,7 +440,7 @@ class RunScheduler:
             out,
         )
 
-    def _on_closed(self, ev: Closed, out: list[Instruction]) -> None:
+    def _on_closed(self, event: ev.Closed, out: list[ev.Instruction]) -> None:
         self.closed = True
 
     # -- recovery ----------------------------------------------------------------------
@@ -474,7 +450,7 @@ class RunScheduler:
         plans: list[GroupPlan],
         reason: str,
         lost: str | None,
-        out: list[Instruction],
+        out: list[ev.Instruction],
         also: list[int] | None = None,
     ) -> None:
         """Drop these groups here and on the workers; their unfinished jobs (and ``also``)
@@ -494,11 +470,11 @@ class RunScheduler:
         self.recoveries += 1
         groups = [plan.group for plan in plans]
         if groups:
-            out.append(Cancel(groups, lost))
-            out += [Forget(group) for group in groups]
-        out.append(Recovered(reason, groups, sorted(redo)))
+            out.append(ev.Cancel(groups, lost))
+            out += [ev.Forget(group) for group in groups]
+        out.append(ev.Recovered(reason, groups, sorted(redo)))
 
-    def _rollback(self, reason: str, lost: str | None, out: list[Instruction]) -> None:
+    def _rollback(self, reason: str, lost: str | None, out: list[ev.Instruction]) -> None:
         """Stream state may be lost or ahead of its checkpoint: drop every group in flight
         and end the run with ``StateRollback``; the stream restores the last checkpoint on
         the workers left and replays the batches since."""
@@ -511,13 +487,13 @@ class RunScheduler:
         self.recoveries += 1
         groups = [state.plan.group for state in plans]
         if groups:
-            out.append(Cancel(groups, lost))
-            out += [Forget(group) for group in groups]
-        out.append(Recovered(reason, groups, []))
-        out.append(Rollback(reason))
+            out.append(ev.Cancel(groups, lost))
+            out += [ev.Forget(group) for group in groups]
+        out.append(ev.Recovered(reason, groups, []))
+        out.append(ev.Rollback(reason))
         self._fail(StateRollback(f"{reason}: {self.describe_progress()}"), out)
 
-    def _fail(self, error: BaseException, out: list[Instruction]) -> None:
+    def _fail(self, error: BaseException, out: list[ev.Instruction]) -> None:
         if self.failure is None:
             self.failure = error
-            out.append(Fail(error))
+            out.append(ev.Fail(error))

@@ -177,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s must be positive", flag)
             return 2
 
+    from adrizzle.worker.config import WorkerConfig
     from adrizzle.worker.runtime import WorkerRuntime
 
     name = args.name or f"{socket.gethostname()}-{os.getpid()}"
     json_formatter.worker = name
-    runtime = WorkerRuntime(
+    config = WorkerConfig(
         host=host,
         port=port,
         token=token,
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         max_connections_per_address=args.max_connections_per_address,
         tls=tls,
     )
+    runtime = WorkerRuntime(config)
     try:
         import uvloop
 

@@ -22,8 +22,7 @@ from adrizzle.wire.listener import Listener, format_address
 from adrizzle.wire.messages import PROTOCOL_VERSION, FetchBlocks, Hello, MapOutputReady, Message
 
 if TYPE_CHECKING:
-    from adrizzle.wire.framing import FrameLimits
-    from adrizzle.wire.tls import TlsConfig
+    from adrizzle.worker.config import WorkerConfig
 
 log = logging.getLogger("adrizzle.worker")
 
@@ -32,31 +31,29 @@ OnData = Callable[[Channel, Message, bytes], None]
 
 
 class PeerLinks:
+    """This worker's data port and its links to the other workers' data ports."""
+
     def __init__(
         self,
+        config: WorkerConfig,
         *,
-        name: str,
-        token: str,
-        limits: FrameLimits,
         on_message: OnData,
-        handshake_timeout: float = 10.0,
         on_link_lost: Callable[[str, str], None] | None = None,
-        max_connections_per_address: int = 64,
-        tls: TlsConfig | None = None,
     ) -> None:
         self._on_link_lost = on_link_lost
         self._closing = False
-        self._name = name
-        self._token = token
-        self._limits = limits
+        self._name = config.name
+        self._token = config.token
+        self._limits = config.limits
         self._on_message = on_message
-        self._handshake_timeout = handshake_timeout
+        self._handshake_timeout = config.handshake_timeout
+        tls = config.tls
         self._client_tls = tls.client_context() if tls is not None else None
         self._listener = Listener(
             lambda: self._channel(False),
             name="data port",
             log=log,
-            max_per_address=max_connections_per_address,
+            max_per_address=config.max_connections_per_address,
             tls=tls.server_context() if tls is not None else None,
         )
         self._links: dict[str, Channel] = {}

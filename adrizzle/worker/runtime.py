@@ -25,7 +25,6 @@ from adrizzle.errors import AuthenticationError, ProtocolError, RemoteProtocolEr
 from adrizzle.wire import auth
 from adrizzle.wire.channel import Channel, ConnectionClosed
 from adrizzle.wire.connection import Connection
-from adrizzle.wire.framing import FrameLimits
 from adrizzle.wire.liveness import SilenceWatch
 from adrizzle.wire.messages import (
     PROTOCOL_VERSION,
@@ -48,12 +47,13 @@ from adrizzle.wire.messages import (
     StateCheckpoint,
 )
 from adrizzle.worker.peers import PeerLinks
-from adrizzle.worker.slots import Slot, SlotPool, SlotStartError
+from adrizzle.worker.slot_pool import Slot, SlotPool, SlotStartError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Sequence
 
-    from adrizzle.wire.tls import TlsConfig
+    from adrizzle.worker.config import WorkerConfig
+
 
 log = logging.getLogger("adrizzle.worker")
 T = TypeVar("T")
@@ -91,55 +91,18 @@ class _GroupTally:
 
 
 class WorkerRuntime:
-    def __init__(
-        self,
-        *,
-        host: str,
-        port: int,
-        token: str,
-        cores: int,
-        name: str,
-        connect_timeout: float = 10.0,
-        handshake_timeout: float = 5.0,
-        max_frame_bytes: int = 1 << 30,
-        data_listen: tuple[str, int] | None = None,
-        shuffle_timeout: float = 60.0,
-        heartbeat_interval: float = 1.0,
-        heartbeat_timeout: float = 30.0,
-        drain_timeout: float = 30.0,
-        start_timeout: float = 60.0,
-        data_advertise: str | None = None,
-        max_connections_per_address: int = 64,
-        tls: TlsConfig | None = None,
-    ) -> None:
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_timeout = heartbeat_timeout
-        self.drain_timeout = drain_timeout
-        self.start_timeout = start_timeout
+    """One worker: its control connection, data links, slots and the groups in progress."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.limits = config.limits
         self._draining = False
-        self._silence = SilenceWatch(heartbeat_interval)
-        self.host, self.port = host, port
-        self.token = token
-        self.cores = cores
-        self.name = name
-        self.connect_timeout = connect_timeout
-        self.handshake_timeout = handshake_timeout
-        self.limits = FrameLimits(max_meta=1 << 24, max_payload=max_frame_bytes)
-        self.data_listen = data_listen
-        self.shuffle_timeout = shuffle_timeout
+        self._silence = SilenceWatch(config.heartbeat_interval)
         self.pool = SlotPool(self._on_slot_message, self._on_slot_lost)
-        self.tls = tls
         self.peers = PeerLinks(
-            name=name,
-            token=token,
-            limits=self.limits,
-            on_message=self._on_data_message,
-            on_link_lost=self._on_link_lost,
-            handshake_timeout=handshake_timeout,
-            max_connections_per_address=max_connections_per_address,
-            tls=tls,
+            config, on_message=self._on_data_message, on_link_lost=self._on_link_lost
         )
-        self.data_advertise = data_advertise
         # BSP mode: map outputs kept here until fetched, by (job, shuffle stage, reducer worker).
         # Keyed by (group, job, shuffle stage, reducer worker).
         self._held: dict[tuple[int, int, int, str], list[tuple[MapOutputReady, bytes]]] = {}
@@ -150,7 +113,7 @@ class WorkerRuntime:
 
     @property
     def driver_url(self) -> str:
-        return f"tcp://{self.host}:{self.port}"
+        return self.config.driver_url
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -160,21 +123,21 @@ class WorkerRuntime:
         try:
             await self._starting(
                 self.pool.start(
-                    self.cores,
-                    timeout=self.start_timeout,
-                    shuffle_timeout=self.shuffle_timeout,
-                    max_block_bytes=self.limits.max_payload,
+                    self.config.cores,
+                    timeout=self.config.start_timeout,
+                    shuffle_timeout=self.config.shuffle_timeout,
+                    max_block_bytes=self.config.max_frame_bytes,
                 )
             )
-            towards_driver = local_address_towards(self.host, self.port)
-            host, port = self.data_listen or (towards_driver, 0)
+            towards_driver = local_address_towards(self.config.host, self.config.port)
+            host, port = self.config.data_listen or (towards_driver, 0)
             await self.peers.start(host, port, advertise_host=towards_driver)
             await self._starting(self._connect())
             log.info(
                 "connected to driver %s as %s with %d cores (pid %d)",
                 self.driver_url,
                 self.name,
-                self.cores,
+                self.config.cores,
                 os.getpid(),
             )
             heartbeats = asyncio.ensure_future(self._heartbeat_loop())
@@ -219,16 +182,16 @@ class WorkerRuntime:
         leave because it could not listen."""
         watch = self._silence
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            await asyncio.sleep(self.config.heartbeat_interval)
             now = time.monotonic()
             watch.tick(now)
             silent = watch.silent_for(DRIVER, now)
-            if silent > self.heartbeat_timeout:
+            if silent > self.config.heartbeat_timeout:
                 log.warning(
                     "no frame from the driver %s for %.1f s (heartbeat timeout %g s)",
                     self.driver_url,
                     silent,
-                    self.heartbeat_timeout,
+                    self.config.heartbeat_timeout,
                 )
                 self._request_stop("the driver went silent", code=1)
                 return
@@ -247,7 +210,7 @@ class WorkerRuntime:
         log.info("received SIGTERM: draining (finishing groups in flight before exiting)")
         channel.send(Draining(reason="received SIGTERM"))
         asyncio.get_running_loop().call_later(
-            self.drain_timeout, self._request_stop, "drain timed out"
+            self.config.drain_timeout, self._request_stop, "drain timed out"
         )
 
     def _request_stop(self, reason: str, code: int = 0) -> None:
@@ -264,13 +227,13 @@ class WorkerRuntime:
             role="worker",
             id=self.name,
             nonce=auth.new_nonce(),
-            cores=self.cores,
+            cores=self.config.cores,
             pid=os.getpid(),
-            data_address=self.data_advertise or self.peers.address,
+            data_address=self.config.data_advertise or self.peers.address,
         )
         conn = Connection(
             client=True,
-            token=self.token,
+            token=self.config.token,
             hello=hello,
             accepts=DRIVER_MESSAGES,
             limits=self.limits,
@@ -283,15 +246,17 @@ class WorkerRuntime:
                         on_message=self._on_driver_message,
                         on_authenticated=self._on_driver_authenticated,
                         on_closed=self._on_driver_closed,
-                        handshake_timeout=self.handshake_timeout,
+                        handshake_timeout=self.config.handshake_timeout,
                         name=self.name,
                     ),
-                    self.host,
-                    self.port,
-                    ssl=self.tls.client_context() if self.tls else None,
-                    ssl_handshake_timeout=self.handshake_timeout if self.tls else None,
+                    self.config.host,
+                    self.config.port,
+                    ssl=self.config.tls.client_context() if self.config.tls else None,
+                    ssl_handshake_timeout=self.config.handshake_timeout
+                    if self.config.tls
+                    else None,
                 ),
-                self.connect_timeout,
+                self.config.connect_timeout,
             )
         except ssl.SSLError as exc:
             raise WorkerStartError(
@@ -309,7 +274,7 @@ class WorkerRuntime:
             raise WorkerStartError(msg) from None
         except ProtocolError as exc:
             hint = ""
-            if self.tls is None and isinstance(exc, ConnectionClosed) and exc.by_peer:
+            if self.config.tls is None and isinstance(exc, ConnectionClosed) and exc.by_peer:
                 hint = " (if the driver requires TLS, pass --tls-ca-file, --tls-cert, --tls-key)"
             raise WorkerStartError(f"driver {self.driver_url} refused us: {exc}{hint}") from None
         return channel

@@ -19,6 +19,7 @@ import pytest
 import adrizzle
 from adrizzle.wire import auth
 from adrizzle.wire.address import parse_address
+from adrizzle.worker.config import WorkerConfig
 from adrizzle.worker.runtime import WorkerRuntime
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -39,7 +40,8 @@ async def test_results_of_a_launch_that_beats_the_connect_continuation_arrive(
     caplog.set_level(logging.WARNING, logger="adrizzle")
     async with adrizzle.Engine(listen="127.0.0.1:0", token=token, stall_timeout=None) as engine:
         host, port = parse_address(engine.address)
-        runtime = WorkerRuntime(host=host, port=port, token=token, cores=1, name="late-0")
+        config = WorkerConfig(host=host, port=port, token=token, cores=1, name="late-0")
+        runtime = WorkerRuntime(config)
         worker = asyncio.ensure_future(runtime.run())
         try:
             await engine.wait_for_workers(1, timeout=30)

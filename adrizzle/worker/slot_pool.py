@@ -1,8 +1,8 @@
 """The worker's slot processes: spawn, connect over socketpairs, forward frames, stop.
 
-Each slot is ``python -m adrizzle.worker.slot FD`` holding one end of a socketpair; the worker
-talks to it through a trusted ``Channel`` (no handshake: no other process can reach the pair).
-A slot exits when its socket closes, so slots never outlive their worker.
+Each slot is ``python -m adrizzle.worker.slot_process FD`` holding one end of a socketpair; the
+worker talks to it through a trusted ``Channel`` (no handshake: no other process can reach the
+pair). A slot exits when its socket closes, so slots never outlive their worker.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class SlotPool:
                     [
                         sys.executable,
                         "-m",
-                        "adrizzle.worker.slot",
+                        "adrizzle.worker.slot_process",
                         str(theirs.fileno()),
                         "--shuffle-timeout",
                         str(shuffle_timeout),

@@ -18,7 +18,6 @@ import pickle
 import select
 import signal
 import socket
-import threading
 import time
 from typing import Any
 
@@ -34,18 +33,18 @@ from adrizzle.plan.program import (
 from adrizzle.plan.state import StateStore, restore_states
 from adrizzle.wire.framing import FrameDecoder, FrameLimits, encode_frame
 from adrizzle.wire.messages import (
-    BatchResult,
     CancelGroups,
     GroupFailed,
     MapOutputReady,
     RunTasks,
     Shutdown,
-    SlotDone,
     SlotReady,
     StateCheckpoint,
     decode_meta,
     encode_meta,
 )
+from adrizzle.worker.slot_results import ResultSender
+from adrizzle.worker.slot_tasks import Inbox, Task, due_in, is_ready, next_ready, tasks_for
 
 TRUSTED_LIMITS = FrameLimits(max_meta=1 << 24, max_payload=1 << 34)
 
@@ -60,134 +59,6 @@ class UpstreamFailure(Exception):
 
 class WorkerGone(Exception):
     """The worker closed our socket (or asked us to shut down)."""
-
-
-def _dump_values(values: list[list[Any]]) -> tuple[bytes, list[int]]:
-    """Pickle batches' values; a value that cannot be pickled becomes a ``TaskFailure``.
-
-    Returns the bytes and, per batch, how many values had to be replaced.
-    """
-    try:
-        return bytes(cloudpickle.dumps(values)), [0] * len(values)
-    except Exception:
-        pass
-    out: list[list[Any]] = []
-    replaced: list[int] = []
-    for batch in values:  # find the offending values; keep the rest
-        kept: list[Any] = []
-        for v in batch:
-            try:
-                cloudpickle.dumps(v)
-                kept.append(v)
-            except Exception as exc:
-                kept.append(
-                    TaskFailure(
-                        "SerializationError",
-                        f"cannot pickle the task's result of type {type(v).__name__}: {exc}",
-                        "",
-                    )
-                )
-        out.append(kept)
-        replaced.append(len(batch) - sum(k is v for k, v in zip(kept, batch, strict=True)))
-    return bytes(cloudpickle.dumps(out)), replaced
-
-
-class ResultSender:
-    """Sends finished micro-batches to the worker: at once, or packed within the linger time.
-
-    The linger clock runs in a small thread, so results already done are sent when the linger
-    expires even while the next task is still running (a slow batch never holds back the fast
-    ones before it). A CPU-bound task holding the GIL can delay that by one switch interval.
-    All writes to the socket go through here, under one lock.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._cond = threading.Condition()
-        self._group: RunTasks | None = None
-        self._parts: list[int] = []
-        self._jobs: list[int] = []
-        self._failed: list[int] = []
-        self._values: list[list[Any]] = []
-        self._deadline = 0.0
-        self._last_add = 0.0
-        self.unpicklable = 0
-        threading.Thread(target=self._linger_clock, name="result-sender", daemon=True).start()
-
-    def add(
-        self,
-        msg: RunTasks,
-        parts: list[int],
-        job: int,
-        values: list[Any],
-        failed: int,
-        last_of_group: bool,
-    ) -> None:
-        with self._cond:
-            now = time.monotonic()
-            linger = msg.linger_us / 1e6
-            # Nothing to pack when this is the group's last batch, or when batches take
-            # longer than the linger time (the next one would not make it anyway).
-            send_now = last_of_group or now - self._last_add >= linger
-            self._last_add = now
-            if not self._jobs:
-                self._group, self._parts = msg, parts
-                self._deadline = now + linger
-                if not send_now:
-                    self._cond.notify()  # start the linger clock
-            self._jobs.append(job)
-            self._failed.append(failed)
-            self._values.append(values)
-            if send_now or now >= self._deadline:
-                self._flush()
-
-    def send(self, frame: bytes) -> None:
-        with self._cond:
-            self._sock.sendall(frame)
-
-    def finish_group(
-        self,
-        group: int,
-        tasks: int,
-        failed: int,
-        busy_us: int,
-        unpicklable_before: int,
-        pushed: tuple[int, int] = (0, 0),
-    ) -> None:
-        """Flush the group's last results, then send its ``slot_done``."""
-        with self._cond:
-            self._flush()
-            failed += self.unpicklable - unpicklable_before
-            done = SlotDone(group, tasks, failed, busy_us, pushed[0], pushed[1])
-            self._sock.sendall(encode_frame(encode_meta(done)))
-
-    def _flush(self) -> None:
-        if not self._jobs:
-            return
-        assert self._group is not None
-        payload, replaced = _dump_values(self._values)
-        failed = [f + r for f, r in zip(self._failed, replaced, strict=True)]
-        result = BatchResult(
-            group=self._group.group, jobs=self._jobs, parts=self._parts, failed=failed
-        )
-        self._jobs, self._failed, self._values = [], [], []
-        self.unpicklable += sum(replaced)
-        self._sock.sendall(encode_frame(encode_meta(result), payload))
-
-    def _linger_clock(self) -> None:
-        with self._cond:
-            while True:
-                if not self._jobs:
-                    self._cond.wait()
-                    continue
-                left = self._deadline - time.monotonic()
-                if left > 0:
-                    self._cond.wait(left)
-                    continue
-                try:
-                    self._flush()
-                except OSError:
-                    return  # the worker is gone; the main thread notices on its next recv
 
 
 class SlotProcess:
@@ -208,9 +79,7 @@ class SlotProcess:
         # Per-partition state of stateful steps (streams), kept across groups like the store.
         self.states: StateStore = {}
         self.queue: collections.deque[tuple[RunTasks, bytes]] = collections.deque()
-        # (group, job, shuffle stage, reduce partition) -> {map partition: block}. The group
-        # id is the attempt: a re-run after a worker loss never mixes with the old outputs.
-        self.inbox: dict[tuple[int, int, int, int], dict[int, Any]] = {}
+        self.inbox: Inbox = {}  # shuffle blocks by attempt (see slot_tasks.Inbox)
         self.cancelled: set[int] = set()
 
     def serve(self) -> None:
@@ -290,15 +159,91 @@ class SlotProcess:
     # -- running a group -------------------------------------------------------------------
 
     def run_group(self, msg: RunTasks, payload: bytes) -> None:
-        """Run this slot's tasks of a group by priority: lower batch first, then stage order;
-        a reduce waiting for map outputs lets later ready tasks (the next batch's maps) run."""
+        """Run this slot's tasks of a group by priority (``slot_tasks``): lower batch first,
+        then stage order; a reduce waiting for map outputs lets later ready tasks run."""
         started = time.perf_counter()
         self.pushed_blocks = self.pushed_bytes = 0
-        for node_id in msg.release:
+        self.release(msg.release)
+        programs = self.load(msg, payload)
+        if programs is None:
+            return
+        plan = tasks_for(msg, programs)
+        pending = plan.pending
+        results: dict[int, dict[int, Any]] = {job: {} for job in plan.result_jobs}
+        result_jobs_left = len(results)
+        tasks = len(pending)
+        failed_total = 0
+        unpicklable_before = self.sender.unpicklable
+        stuck_since: float | None = None
+        waited = 0.0  # time spent waiting for stream data to be due: not busy
+        inbox = self.inbox
+
+        def ready(task: Task, now: float) -> bool:
+            return is_ready(programs, msg, task, inbox, now)
+
+        while pending:
+            now = time.time()
+            index = next_ready(
+                pending,
+                lambda t, now=now: is_ready(programs, msg, t, inbox, now),  # type: ignore[misc]
+            )
+            if index < 0:
+                wait = due_in(programs, msg, pending, now)
+                if wait is not None:  # waiting for data to exist is not being stuck
+                    stuck_since = None
+                    wait_from = time.perf_counter()
+                    self.receive(min(wait, self.shuffle_timeout))
+                    waited += time.perf_counter() - wait_from
+                    if msg.group in self.cancelled:
+                        return
+                    continue
+                mono = time.monotonic()
+                stuck_since = stuck_since or mono
+                if mono - stuck_since >= self.shuffle_timeout:
+                    index = 0  # give up on the head task: inputs() raises the timeout error
+                else:
+                    self.receive(self.shuffle_timeout - (mono - stuck_since))
+                    if msg.group in self.cancelled:
+                        return  # a worker was lost: the driver re-runs these jobs
+                    continue
+            stuck_since = None
+            job, stage_index, p = pending.pop(index)
+            program = programs[job - msg.first_job]
+            stage = program.stages[stage_index]
+            if stage.output is not None:
+                self.run_map_task(msg, job, stage_index, stage, p)
+                continue
+            results[job][p] = self.run_result_task(msg.group, job, program, stage, p)
+            if len(results[job]) == len(plan.result_parts):
+                done = results.pop(job)
+                values = [done[q] for q in plan.result_parts]
+                failed = sum(isinstance(v, TaskFailure) for v in values)
+                failed_total += failed
+                result_jobs_left -= 1
+                self.sender.add(msg, plan.result_parts, job, values, failed, result_jobs_left == 0)
+        if msg.checkpoint:
+            self.send_checkpoint(msg)
+        busy_us = int((time.perf_counter() - started - waited) * 1e6)
+        self.sender.finish_group(
+            msg.group,
+            tasks,
+            failed_total,
+            busy_us,
+            unpicklable_before,
+            (self.pushed_blocks, self.pushed_bytes),
+        )
+
+    def release(self, node_ids: list[int]) -> None:
+        """Drop the blocks and state of nodes the driver no longer holds."""
+        for node_id in node_ids:
             for key in [k for k in self.store if k[0] == node_id]:
                 del self.store[key]
             for state_key in [k for k in self.states if k[0] == node_id]:
                 del self.states[state_key]
+
+    def load(self, msg: RunTasks, payload: bytes) -> list[JobProgram] | None:
+        """File the group's source data and state to restore, then unpickle its programs;
+        None (after telling the driver why) when something cannot be loaded."""
         view = memoryview(payload)
         try:
             # Data first: the driver counts it as shipped, so a bad program must not lose it.
@@ -312,6 +257,7 @@ class SlotProcess:
                 restore_states(self.states, state_ids, cells)
             what = "program"
             programs: list[JobProgram] = pickle.loads(view[: msg.program_len])
+            return programs
         except Exception as exc:  # e.g. a function pickled by reference to a missing module
             reason = (
                 f"worker {msg.worker} slot {msg.slot} cannot load the {what} of jobs "
@@ -326,82 +272,10 @@ class SlotProcess:
             notice = GroupFailed(msg.group, msg.worker, msg.slot, reason)
             self.sender.send(encode_frame(encode_meta(notice)))
             self.sender.finish_group(msg.group, 0, 0, 0, self.sender.unpicklable)
-            return
-        n = len(msg.placement_slots)
-        me = (msg.worker, msg.slot)
-        mine = [
-            i
-            for i, ref in enumerate(zip(msg.placement_workers, msg.placement_slots, strict=True))
-            if ref == me
-        ]
-        pending: list[tuple[int, int, int]] = []  # (job, stage, partition) in priority order
-        results: dict[int, dict[int, Any]] = {}  # job -> result partition -> value
-        result_parts: list[int] = []
-        for job in range(msg.first_job, msg.last_job):
-            program = programs[job - msg.first_job]
-            for stage_index in msg.stages:
-                stage = program.stages[stage_index]
-                parts = sorted(p for i in mine for p in range(i, stage.partitions, n))
-                pending += [(job, stage_index, p) for p in parts]
-                if stage.output is None and parts:
-                    results[job] = {}
-                    result_parts = parts
-        result_jobs_left = len(results)
-        tasks = len(pending)
-        failed_total = 0
-        unpicklable_before = self.sender.unpicklable
-        stuck_since: float | None = None
-        waited = 0.0  # time spent waiting for stream data to be due: not busy
-        while pending:
-            index = next((i for i, t in enumerate(pending) if self.ready(programs, msg, t)), -1)
-            if index < 0:
-                due_in = self.due_in(programs, msg, pending)
-                if due_in is not None:  # waiting for data to exist is not being stuck
-                    stuck_since = None
-                    wait_from = time.perf_counter()
-                    self.receive(min(due_in, self.shuffle_timeout))
-                    waited += time.perf_counter() - wait_from
-                    if msg.group in self.cancelled:
-                        return
-                    continue
-                now = time.monotonic()
-                stuck_since = stuck_since or now
-                if now - stuck_since >= self.shuffle_timeout:
-                    index = 0  # give up on the head task: inputs() raises the timeout error
-                else:
-                    self.receive(self.shuffle_timeout - (now - stuck_since))
-                    if msg.group in self.cancelled:
-                        return  # a worker was lost: the driver re-runs these jobs
-                    continue
-            stuck_since = None
-            job, stage_index, p = pending.pop(index)
-            program = programs[job - msg.first_job]
-            stage = program.stages[stage_index]
-            if stage.output is not None:
-                self.run_map_task(msg, job, stage_index, stage, p)
-                continue
-            results[job][p] = self.run_result_task(msg.group, job, program, stage, p)
-            if len(results[job]) == len(result_parts):
-                done = results.pop(job)
-                values = [done[q] for q in result_parts]
-                failed = sum(isinstance(v, TaskFailure) for v in values)
-                failed_total += failed
-                result_jobs_left -= 1
-                self.sender.add(msg, result_parts, job, values, failed, result_jobs_left == 0)
-        if msg.checkpoint:
-            self.send_checkpoint(msg)
-        busy_us = int((time.perf_counter() - started - waited) * 1e6)
-        self.sender.finish_group(
-            msg.group,
-            tasks,
-            failed_total,
-            busy_us,
-            unpicklable_before,
-            (self.pushed_blocks, self.pushed_bytes),
-        )
+            return None
 
     def send_checkpoint(self, msg: RunTasks) -> None:
-        """Send the stream state changed since the last checkpoint (DESIGN.md section 7)."""
+        """Send the stream state changed since the last checkpoint (docs/architecture.md)."""
         changed = {key: cell for key, cell in self.states.items() if cell.dirty}
         if not changed:
             return
@@ -427,27 +301,6 @@ class SlotProcess:
             batches=[cell.batch for cell in changed.values()],
         )
         self.sender.send(encode_frame(encode_meta(notice), payload))
-
-    def ready(self, programs: list[JobProgram], msg: RunTasks, task: tuple[int, int, int]) -> bool:
-        job, stage_index, p = task
-        read = programs[job - msg.first_job].stages[stage_index].input
-        if not isinstance(read, ShuffleRead):
-            due = read.ready_at(job)
-            return due is None or due <= time.time()
-        inbox, group = self.inbox, msg.group
-        return all(len(inbox.get((group, job, s, p), ())) >= maps for s, maps in read.shuffles)
-
-    def due_in(
-        self, programs: list[JobProgram], msg: RunTasks, pending: list[tuple[int, int, int]]
-    ) -> float | None:
-        """Seconds until the earliest pending source task's data is due, if one waits for it."""
-        due = None
-        for job, stage_index, _p in pending:
-            read = programs[job - msg.first_job].stages[stage_index].input
-            at = None if isinstance(read, ShuffleRead) else read.ready_at(job)
-            if at is not None and (due is None or at < due):
-                due = at
-        return None if due is None else max(0.0, due - time.time())
 
     def run_result_task(
         self, group: int, job: int, program: JobProgram, stage: StageProgram, p: int
@@ -535,7 +388,7 @@ class SlotProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="adrizzle.worker.slot")
+    parser = argparse.ArgumentParser(prog="adrizzle.worker.slot_process")
     parser.add_argument("fd", type=int)
     parser.add_argument("--shuffle-timeout", type=float, default=60.0)
     parser.add_argument("--max-block-bytes", type=int, default=1 << 30)
