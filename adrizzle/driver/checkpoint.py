@@ -10,10 +10,11 @@ each slot the cells of the partitions it owns with the first group of a run
 (``restore_payloads``): after a loss (the stream then replays the batches since the checkpoint
 from its replayable source) or when partitions move to other slots (a worker joined or left).
 
-Storage: driver memory by default, or a directory (``checkpoint_dir``). With a directory each
-commit is written by a writer thread to ``ckpt-<seq>.pkl`` (a temporary file, fsync, rename,
-fsync of the directory: a reader finds a whole checkpoint or the one before, never half of
-one); when commits come faster than the disk takes them, only the newest is written. Memory
+Storage: driver memory by default, or a directory (``checkpoint_dir``), where a writer thread
+writes each commit as a file (``adrizzle.driver.checkpoint_files``: the format, atomic writes,
+the one reader); when commits come faster than the disk takes them, only the newest is written.
+The registry itself has no thread and no loop: it takes the writer's finished files from a
+queue whenever it is next called. Memory
 holds a commit until its file is written, then only the file's name; files no longer
 referenced are deleted. A file also names its states (``state-0``, ``state-1``, ... in the
 order the stream created them), so a new driver running the same pipeline with the same
@@ -24,35 +25,27 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import pickle
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adrizzle.driver.checkpoint_files import (
+    CheckpointWriter,
+    Key,
+    Piece,
+    checkpoint_files,
+    read_checkpoint,
+    unlink,
+)
 from adrizzle.errors import StateOrderError
 
 if TYPE_CHECKING:
-    import asyncio
+    import os
     from collections.abc import Iterable
 
     from adrizzle.driver.placement import SlotRef
 
 log = logging.getLogger("adrizzle.driver")
-
-Key = tuple[int, int]  # (state id, partition)
-FILE_PREFIX = "ckpt-"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Piece:
-    """One slot's ``state_checkpoint`` for one group: its cells, pickled together."""
-
-    keys: list[Key]
-    batches: list[int]
-    blob: bytes
-    worker: str
-    slot: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,115 +62,6 @@ class _Cell:
     where: bytes | FileRef  # the piece holding it: in memory, or in a file
 
 
-class _Writer:
-    """Writes commits of one directory, newest first, on a daemon thread."""
-
-    def __init__(self, directory: Path, loop: asyncio.AbstractEventLoop, done: Any) -> None:
-        self.directory = directory
-        self._loop = loop
-        self._done = done  # called on the loop: done(seq, path, pieces)
-        self._cond = threading.Condition()
-        self._pending: tuple[int, list[Piece], dict[int, str]] | None = None
-        self._busy = False
-        self._closed = False
-        self.errors = 0
-        directory.mkdir(parents=True, exist_ok=True)
-        threading.Thread(target=self._run, name="adrizzle-checkpoints", daemon=True).start()
-
-    def submit(self, seq: int, pieces: list[Piece], names: dict[int, str]) -> None:
-        with self._cond:
-            self._pending = (seq, pieces, names)  # supersedes a commit not yet written
-            self._cond.notify()
-
-    def flush(self, timeout: float) -> bool:
-        """Wait until everything submitted is written (False after ``timeout`` s)."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._pending is not None or self._closed)
-                if self._pending is None:
-                    return
-                seq, pieces, names = self._pending
-                self._pending = None
-                self._busy = True
-            try:
-                path = self._write(seq, pieces, names)
-            except OSError as exc:
-                self.errors += 1
-                log.error("cannot write checkpoint %d to %s: %s", seq, self.directory, exc)
-                path = None
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
-            if path is not None:
-                try:
-                    self._loop.call_soon_threadsafe(self._done, seq, path, pieces)
-                except RuntimeError:  # the loop is closed: nothing left to update
-                    return
-
-    def _write(self, seq: int, pieces: list[Piece], names: dict[int, str]) -> Path:
-        path = checkpoint_path(self.directory, seq)
-        tmp = self.directory / f".{path.name}.tmp"
-        body = pickle.dumps(
-            {
-                "seq": seq,
-                "names": names,
-                "pieces": [(p.keys, p.batches, p.blob) for p in pieces],
-            },
-            protocol=pickle.HIGHEST_PROTOCOL,
-        )
-        with open(tmp, "wb") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return path
-
-
-def checkpoint_path(directory: Path, seq: int) -> Path:
-    return directory / f"{FILE_PREFIX}{seq:012d}.pkl"
-
-
-def checkpoint_files(directory: Path) -> list[tuple[int, Path]]:
-    """The directory's checkpoint files as ``(seq, path)``, oldest first."""
-    found = []
-    try:
-        entries = list(directory.iterdir())
-    except FileNotFoundError:
-        return []
-    for path in entries:
-        name = path.name
-        if name.startswith(FILE_PREFIX) and name.endswith(".pkl"):
-            try:
-                found.append((int(name[len(FILE_PREFIX) : -len(".pkl")]), path))
-            except ValueError:
-                continue
-    return sorted(found)
-
-
-def read_checkpoint_file(path: Path) -> dict[Key, Any]:
-    """Every cell of a checkpoint file (tools, tests): ``{(state, part): PartitionState}``."""
-    with open(path, "rb") as f:
-        body = pickle.load(f)
-    cells: dict[Key, Any] = {}
-    for _keys, _batches, blob in body["pieces"]:
-        cells.update(pickle.loads(blob))
-    return cells
-
-
 class StateCheckpoints:
     """Engine-wide registry of stream state checkpoints (see the module docstring)."""
 
@@ -185,7 +69,7 @@ class StateCheckpoints:
         self.default_dir = Path(default_dir) if default_dir is not None else None
         self._cells: dict[Key, _Cell] = {}
         self._location: dict[Key, tuple[str, int]] = {}
-        self._writers: dict[Path, _Writer] = {}
+        self._writers: dict[Path, CheckpointWriter] = {}
         self._files: dict[Path, int] = {}  # checkpoint file -> cells referring to it
         self._seq = 0
         # Filled by weakref finalizers, which may run at any bytecode boundary: append only.
@@ -202,7 +86,6 @@ class StateCheckpoints:
         pieces: list[Piece],
         expected: dict[int, int],
         directory: Path | None,
-        loop: asyncio.AbstractEventLoop,
         names: dict[int, str] | None = None,
     ) -> bool:
         """File one group's pieces if they hold every partition of every expected state
@@ -230,7 +113,7 @@ class StateCheckpoints:
         if directory is not None:
             writer = self._writers.get(directory)
             if writer is None:
-                writer = self._writers[directory] = _Writer(directory, loop, self._written)
+                writer = self._writers[directory] = CheckpointWriter(directory)
                 # Number on from an earlier driver's files: the newest file is the last one.
                 files = checkpoint_files(directory)
                 self._seq = max(self._seq, files[-1][0] if files else 0)
@@ -309,8 +192,7 @@ class StateCheckpoints:
         if isinstance(where, FileRef):
             pieces = files.get(where.path)
             if pieces is None:
-                with open(where.path, "rb") as f:
-                    pieces = files[where.path] = pickle.load(f)["pieces"]
+                pieces = files[where.path] = read_checkpoint(where.path).pieces
             blob: bytes = pieces[where.index][2]
         else:
             blob = where
@@ -322,7 +204,7 @@ class StateCheckpoints:
     # -- storage -------------------------------------------------------------------------
 
     def _written(self, seq: int, path: Path, pieces: list[Piece]) -> None:
-        """On the loop: a commit is on disk; cells still holding its pieces point there."""
+        """A commit is on disk; cells still holding its pieces point there."""
         self.files_written += 1
         refs = 0
         for index, piece in enumerate(pieces):
@@ -336,12 +218,12 @@ class StateCheckpoints:
         else:
             sids = {key[0] for piece in pieces for key in piece.keys}
             if any(key[0] in sids for key in self._cells):
-                self._unlink(path)  # superseded while it was being written
+                unlink(path)  # superseded while it was being written
             return  # else the stream was released meanwhile: its last file stays
         # Older files nothing refers to (an earlier driver's, once resumed from) go.
         for old_seq, old_path in checkpoint_files(path.parent):
             if old_seq < seq and old_path not in self._files:
-                self._unlink(old_path)
+                unlink(old_path)
 
     def _drop_cell(self, key: Key, superseded: bool = True) -> None:
         """Forget a cell; its file goes once no cell refers to it and a newer one replaced it
@@ -355,20 +237,18 @@ class StateCheckpoints:
             else:
                 self._files.pop(path, None)
                 if superseded:
-                    self._unlink(path)
-
-    @staticmethod
-    def _unlink(path: Path) -> None:
-        try:
-            path.unlink()
-        except OSError:
-            pass
+                    unlink(path)
 
     def release(self, state_id: int) -> None:
         """Finalizer callback: the stream owning ``state_id`` is gone."""
         self._release_queue.append(state_id)
 
     def _process_releases(self) -> None:
+        """Apply what happened off the loop: streams collected (finalizers) and checkpoint
+        files written (the writer threads)."""
+        for writer in self._writers.values():
+            while writer.written:
+                self._written(*writer.written.popleft())
         while self._release_queue:
             sid = self._release_queue.pop()
             for key in [k for k in self._cells if k[0] == sid]:
@@ -384,9 +264,8 @@ class StateCheckpoints:
         if not files:
             return None
         path = files[-1][1]
-        with open(path, "rb") as f:
-            body = pickle.load(f)
-        names: dict[int, str] = body.get("names") or {}
+        body = read_checkpoint(path)
+        names = body.names
         by_name = {name: sid for sid, (name, _parts) in states.items()}
         if sorted(names.values()) != sorted(by_name):
             raise StateOrderError(
@@ -395,9 +274,8 @@ class StateCheckpoints:
                 "checkpoint_dir, or remove the old files)"
             )
         cells: dict[Key, Any] = {}
-        for _keys, _batches, blob in body["pieces"]:
-            for (old_sid, p), cell in pickle.loads(blob).items():
-                cells[(by_name[names[old_sid]], p)] = cell
+        for (old_sid, p), cell in body.cells().items():
+            cells[(by_name[names[old_sid]], p)] = cell
         for sid, (name, parts) in states.items():
             have = sorted(p for (s, p) in cells if s == sid)
             if have != list(range(parts)):
@@ -423,7 +301,8 @@ class StateCheckpoints:
         return bool(self._writers)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait (blocking) until every commit submitted to a directory is written."""
+        """Wait (blocking) until every commit submitted to a directory is written (the
+        registry learns of the files at its next call)."""
         return all(w.flush(timeout) for w in self._writers.values())
 
     def close(self, timeout: float = 10.0) -> None:
@@ -432,6 +311,7 @@ class StateCheckpoints:
             writer.close()
 
     def statistics(self) -> dict[str, Any]:
+        self._process_releases()
         return {
             "storage": "directory" if self.default_dir or self._writers else "memory",
             "commits": self.commits,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from adrizzle.driver.checkpoint import Piece
+from adrizzle.driver.checkpoint_files import Piece
 from adrizzle.driver.run_events import (
     Broken,
     Cancel,
@@ -199,7 +199,7 @@ class RunExecution:
         elif type(ins) is Commit:
             st = self.stateful
             assert st is not None
-            st.checkpoints.commit(ins.pieces, st.expected, st.directory, self._loop, st.names)
+            st.checkpoints.commit(ins.pieces, st.expected, st.directory, st.names)
         elif type(ins) is Rollback:
             st = self.stateful
             assert st is not None

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from adrizzle.driver.adaptive import GroupDecision
-    from adrizzle.driver.checkpoint import Piece
+    from adrizzle.driver.checkpoint_files import Piece
     from adrizzle.driver.jobs import JobOutcome
     from adrizzle.driver.placement import GroupPlan, SlotRef
 

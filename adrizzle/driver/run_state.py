@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from adrizzle.driver.adaptive import GroupSizeController
-    from adrizzle.driver.checkpoint import Piece
+    from adrizzle.driver.checkpoint_files import Piece
     from adrizzle.driver.placement import SlotRef, WorkerShare
 
 

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adrizzle.driver.adaptive import GroupDecision, GroupTiming
-from adrizzle.driver.checkpoint import Piece
+from adrizzle.driver.checkpoint_files import Piece
 from adrizzle.driver.placement import GroupPlan, SlotRef, interleave_slots, place_partitions
 from adrizzle.driver.run_events import (
     Broken,
