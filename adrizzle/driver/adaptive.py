@@ -4,7 +4,7 @@ Pure logic, no clock and no I/O: the run state machine (``adrizzle.driver.run_st
 each group's clock from the times the shell passes in, so unit tests drive the controller with
 scripted timings.
 
-What a group's overhead is (DESIGN.md section 6, made measurable):
+What a group's overhead is (made measurable):
 
 - ``coordination_s``: driver time spent on the group (planning, serializing, launching, handling
   its acknowledgements), measured around that code;
