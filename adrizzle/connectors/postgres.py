@@ -121,7 +121,8 @@ class PostgresSinkWriter:
         return SinkError(self.sink.name, cause, partition=self.partition, batch=batch)
 
     def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is not None and self._conn.closed:
+        if self._conn is not None and (self._conn.closed or self._conn.broken):
+            self._conn.close()
             self._conn = None
         if self._conn is None:
             self._conn = psycopg.connect(
@@ -182,6 +183,7 @@ class PostgresSinkWriter:
     def _drop_broken(self) -> None:
         """Forget a connection that broke, so the next call opens a new one."""
         if self._conn is not None and (self._conn.closed or self._conn.broken):
+            self._conn.close()
             self._conn = None
 
     def close(self) -> None:
