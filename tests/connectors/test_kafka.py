@@ -268,6 +268,7 @@ def test_interleavings_match_a_model(kafka_bootstrap: str, steps: list[tuple[str
                 start, end, records = history[arg % len(history)]
                 assert reader.read(start, end, 1) == (records, end)
         rest, pos = read_until(reader, pos, produced - pos)
+        assert ints(rest) == list(range(pos - len(rest), produced))
         assert pos == produced
     finally:
         reader.close()
