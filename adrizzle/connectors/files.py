@@ -260,6 +260,10 @@ class FileSinkWriter:
         return SinkError(self.sink.name, cause, partition=self.partition, batch=batch)
 
     def committed(self) -> int | None:
+        return self._scan(None)
+
+    def _scan(self, batch: int | None) -> int | None:
+        """The last batch present (listed once, then kept up to date by ``write``)."""
         if not self._scanned:
             suffix = f"-{self.partition:05d}"
             batches = []
@@ -273,13 +277,13 @@ class FileSinkWriter:
                 pass
             except OSError as exc:
                 cause = f"cannot list {str(self.folder)!r}: {describe(exc)}"
-                raise self._error(cause, None) from exc
+                raise self._error(cause, batch) from exc
             self._last = max(batches, default=None)
             self._scanned = True
         return self._last
 
     def write(self, batch: int, records: list[Any]) -> bool:
-        last = self.committed()
+        last = self._scan(batch)
         if last is not None and batch <= last:
             return False
         final = self.sink.path(self.stream, batch, self.partition)
