@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Self
+
 
 class AdrizzleError(Exception):
     """Base class of all adrizzle errors."""
@@ -108,3 +110,50 @@ class ReplayNeeded(AdrizzleError):
     def __init__(self, from_batch: int, message: str) -> None:
         super().__init__(message)
         self.from_batch = from_batch
+
+
+class _ConnectorError(AdrizzleError):
+    """A connector failed: says which one (its ``name``), the partition, the micro-batch when
+    known, and the cause. Picklable, so it crosses from a slot process to the driver intact."""
+
+    def __init__(
+        self, name: str, cause: str, *, partition: int | None = None, batch: int | None = None
+    ) -> None:
+        self.name = name
+        self.cause = cause
+        self.partition = partition
+        self.batch = batch
+        where = [name]
+        if partition is not None:
+            where.append(f"partition {partition}")
+        if batch is not None:
+            where.append(f"batch {batch}")
+        super().__init__(f"{', '.join(where)}: {cause}")
+
+    def at_batch(self, batch: int) -> Self:
+        """The same error, saying which micro-batch it happened in (readers do not know it;
+        the engine does)."""
+        return type(self)(self.name, self.cause, partition=self.partition, batch=batch)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild_connector_error,
+            (type(self), self.name, self.cause, self.partition, self.batch),
+        )
+
+
+def _rebuild_connector_error(
+    cls: type[_ConnectorError], name: str, cause: str, partition: int | None, batch: int | None
+) -> _ConnectorError:
+    return cls(name, cause, partition=partition, batch=batch)
+
+
+class SourceError(_ConnectorError):
+    """A source connector could not list, read or commit: an unreachable or failing broker, a
+    stream or topic that is gone, a replay whose records are no longer there, bad input.
+    ``name`` is the source's ``name``; ``partition`` and ``batch`` are None when unknown."""
+
+
+class SinkError(_ConnectorError):
+    """A sink connector could not commit a micro-batch; nothing of that batch was committed
+    (see each sink's notes for the exceptions). ``name`` is the sink's ``name``."""

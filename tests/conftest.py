@@ -15,6 +15,9 @@ import uvloop
 
 import adrizzle
 
+# Real Redis, PostgreSQL and Kafka-protocol servers for the connector tests (session fixtures).
+pytest_plugins = ("tests.servers",)
+
 
 def adrizzle_processes() -> dict[int, str]:
     """Every live worker or slot process of this checkout, pid -> command line.
