@@ -41,7 +41,9 @@ def proof(token: bytes, role: str, transcript_digest: bytes) -> str:
 
 
 def verify(token: bytes, role: str, transcript_digest: bytes, mac: str) -> bool:
-    return hmac.compare_digest(proof(token, role, transcript_digest), mac)
+    # compare_digest refuses non-ASCII str with a TypeError: a peer's garbage MAC must fail
+    # authentication like any other wrong MAC, not break the handshake code.
+    return mac.isascii() and hmac.compare_digest(proof(token, role, transcript_digest), mac)
 
 
 class TokenError(AdrizzleError):

@@ -156,3 +156,10 @@ def test_proof_verifies_only_with_same_token_role_and_transcript() -> None:
     assert not auth.verify(b"token", "worker", auth.transcript(b"client", b"server2"), mac)
     assert not auth.verify(b"token", "worker", digest, mac.upper())
     assert not auth.verify(b"token", "worker", digest, "")
+
+
+@pytest.mark.parametrize("mac", ["世é", "\\z世éz 世éé\\", "ÿ" * 64])
+def test_a_non_ascii_mac_fails_verification_instead_of_raising(mac: str) -> None:
+    # hmac.compare_digest raises TypeError on non-ASCII str: found by the connection fuzzer.
+    digest = auth.transcript(b"a", b"b")
+    assert auth.verify(b"token", "client", digest, mac) is False
