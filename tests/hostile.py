@@ -65,6 +65,7 @@ _SAMPLE: dict[str, Any] = {
     "str | None": "127.0.0.1:1",
     "list[int]": [0],
     "list[list[int]]": [[0]],
+    "list[list[Any]]": [[0, 0, "0-0", "1-0"]],
 }
 
 

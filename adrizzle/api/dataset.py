@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Sequence
 
     from adrizzle.driver.session import DriverSession
+    from adrizzle.plan.offsets import WorkerSink
 
 Func = Callable[[Any], Any]
 
@@ -173,11 +174,12 @@ class Dataset:
         nodes.reverse()
         return node, nodes
 
-    def plan(self, action: Action) -> JobProgram:
-        """This dataset's job as stages in topological order, the last one running ``action``."""
+    def plan(self, action: Action, sink: WorkerSink | None = None) -> JobProgram:
+        """This dataset's job as stages in topological order, the last one running ``action``
+        (and, for a stream with a sink on the workers, writing its output there)."""
         stages: list[StageProgram] = []
         self._plan_into(stages, None)
-        return JobProgram(tuple(stages), action)
+        return JobProgram(tuple(stages), action, sink)
 
     def _plan_into(self, stages: list[StageProgram], output: ShuffleWrite | None) -> int:
         head, nodes = self._chain()
@@ -236,7 +238,10 @@ def parallelize(session: DriverSession, data: Iterable[Any], partitions: int) ->
 
 
 def job_programs(
-    session: DriverSession, datasets: Sequence[Dataset], funcs: Func | Sequence[Func]
+    session: DriverSession,
+    datasets: Sequence[Dataset],
+    funcs: Func | Sequence[Func],
+    sink: WorkerSink | None = None,
 ) -> list[JobProgram]:
     """One program per job (``func`` applied to each partition of its dataset); jobs of one
     call must share their stage structure. A dataset repeated is planned once."""
@@ -261,7 +266,7 @@ def job_programs(
         key = (id(ds), id(f))
         program = cache.get(key)
         if program is None:
-            program = cache[key] = ds.plan(f)
+            program = cache[key] = ds.plan(f, sink)
             s = program.shape()
             if shape is None:
                 shape = s

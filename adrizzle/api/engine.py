@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 
     from adrizzle.api.stream import Stream
+    from adrizzle.connectors.base import Source
     from adrizzle.driver.adaptive import GroupSize
     from adrizzle.driver.execution import RunExecution
     from adrizzle.status.server import StatusServer
@@ -178,16 +179,29 @@ class Engine:
 
     def stream(
         self,
-        source: Callable[[int, int], Iterable[Any]],
+        source: Callable[[int, int], Iterable[Any]] | Source,
         partitions: int | None = None,
         *,
         batch_interval: float | None = None,
         start: float | None = None,
         batches: int | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
+        name: str | None = None,
     ) -> Stream:
-        """A stream of micro-batches: batch ``b``'s partition ``p`` is ``source(b, p)``, read on
-        the slot that owns ``p`` (deterministic and replayable, like a log read from an offset).
+        """A stream of micro-batches read on the slots.
+
+        ``source`` is a connector (``adrizzle.connectors``: Redis Streams, Kafka, files, or
+        your own ``Source``): partitions come from it, batch ``b`` of partition ``p`` reads
+        from where ``b - 1`` ended to the broker's end at read time (at most the source's
+        ``max_records_per_batch``), and the range is kept in the stream's offset log so that a
+        replay reads the same records; exactly once with a ``Sink`` (``stream.sink``), across
+        worker loss and driver restart (same ``name`` and ``checkpoint_dir``). Or ``source``
+        is a function: batch ``b``'s partition ``p`` is ``source(b, p)`` (deterministic and
+        replayable, like a log read from an offset).
+
+        ``name`` (default ``stream-N``, N: streams made before by this engine) keys the offset
+        log, checkpoints and sinks' progress: with ``Engine(checkpoint_dir=D)`` they are kept
+        under ``D/name``, so a restarted driver finds them.
 
         With ``batch_interval`` T, batch ``b`` covers wall-clock time ``[start + bT,
         start + (b+1)T)`` and is read once that interval is over (``start``: epoch seconds,
@@ -198,14 +212,16 @@ class Engine:
         """
         from adrizzle.api.stream import Stream
 
+        name, directory = self._stream_place(name, checkpoint_dir)
         return Stream.from_source(
             self.session,
             source,
-            partitions or self.session.default_partitions(),
+            partitions,
             batch_interval=batch_interval,
             start=start,
             batches=batches,
-            checkpoint_dir=self._stream_checkpoint_dir(checkpoint_dir),
+            checkpoint_dir=directory,
+            name=name,
         )
 
     def stream_from(
@@ -224,26 +240,31 @@ class Engine:
         after a loss); ``checkpoint_dir`` as for ``stream``."""
         from adrizzle.api.stream import Stream
 
+        name, directory = self._stream_place(None, checkpoint_dir)
         return Stream.from_async(
             self.session,
             items,
             partitions or self.session.default_partitions(),
             batch_interval=batch_interval,
             max_batch=max_batch,
-            checkpoint_dir=self._stream_checkpoint_dir(checkpoint_dir),
+            checkpoint_dir=directory,
+            name=name,
         )
 
-    def _stream_checkpoint_dir(
-        self, checkpoint_dir: str | os.PathLike[str] | None
-    ) -> str | os.PathLike[str] | None:
-        """A stream's own directory, or ``stream-N`` (N: the streams made before it) under
-        the engine's: a directory holds one stream's checkpoints, so a driver that builds the
+    def _stream_place(
+        self, name: str | None, checkpoint_dir: str | os.PathLike[str] | None
+    ) -> tuple[str, str | os.PathLike[str] | None]:
+        """A stream's name (``stream-N`` by default, N: the streams made before it) and its own
+        directory: the one given, or ``name`` under the engine's, so a driver that builds the
         same streams again resumes each from its own."""
         n = next(self._streams_made)
+        name = name or f"stream-{n}"
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"a stream name must be a plain file name, got {name!r}")
         default = self.session.checkpoints.default_dir
         if checkpoint_dir is not None or default is None:
-            return checkpoint_dir
-        return default / f"stream-{n}"
+            return name, checkpoint_dir
+        return name, default / name
 
     # -- jobs ----------------------------------------------------------------------------
 

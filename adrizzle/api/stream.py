@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 from adrizzle.api.dataset import Dataset
 from adrizzle.api.stream_run import StreamBatch, StreamRun
 from adrizzle.api.stream_source import StreamOrigin
+from adrizzle.connectors.base import Sink as ConnectorSink
+from adrizzle.connectors.base import Source as ConnectorSource
 from adrizzle.plan.state import StateUpdate, update_by_key
 from adrizzle.plan.windows import (
     WindowResult,
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterable, Callable, Iterable
 
     from adrizzle.api.stream_source import BuildContext
+    from adrizzle.connectors.base import Sink, Source
     from adrizzle.driver.adaptive import GroupSize
     from adrizzle.driver.session import DriverSession
 
@@ -73,13 +76,20 @@ class Stream:
         build: Callable[[BuildContext], Dataset],
         sinks: tuple[Callable[[StreamBatch], Any], ...] = (),
         state_ids: frozenset[int] = frozenset(),
+        worker_sink: Sink | None = None,
     ) -> None:
         self.origin = origin  # the source, its offset and pacing, shared by derived streams
         self.session = origin.session
         self.partitions = partitions
         self._build = build
-        self.sinks = sinks
+        self.sinks = sinks  # callbacks on the driver
         self.state_ids = state_ids  # the stateful steps this stream's batches go through
+        self.worker_sink = worker_sink  # written from the slots (adrizzle.connectors.base.Sink)
+
+    @property
+    def name(self) -> str:
+        """The stream's name: keys its offset log, checkpoints and sinks' progress."""
+        return self.origin.name
 
     # -- construction --------------------------------------------------------------------
 
@@ -87,16 +97,29 @@ class Stream:
     def from_source(
         cls,
         session: DriverSession,
-        source: Callable[[int, int], Iterable[Any]],
-        partitions: int,
+        source: Callable[[int, int], Iterable[Any]] | Source,
+        partitions: int | None,
         *,
         batch_interval: float | None = None,
         start: float | None = None,
         batches: int | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
+        name: str = "stream",
     ) -> Stream:
-        if not callable(source):
-            raise TypeError("a stream source must be callable as source(batch, partition)")
+        connector = source if isinstance(source, ConnectorSource) else None
+        if connector is not None:
+            found = connector.partitions()  # SourceError when the broker cannot tell
+            if partitions is not None and partitions != found:
+                raise ValueError(
+                    f"{connector.name} has {found} partitions, not the {partitions} asked for"
+                )
+            partitions = found
+        elif not callable(source):
+            raise TypeError(
+                "a stream source is a connector (adrizzle.connectors) or a callable "
+                f"source(batch, partition), not {type(source).__name__}"
+            )
+        partitions = partitions or session.default_partitions()
         _check_partitions(partitions)
         if batch_interval is not None and not batch_interval > 0:
             raise ValueError(f"batch_interval must be > 0 seconds, got {batch_interval}")
@@ -105,11 +128,13 @@ class Stream:
         origin = StreamOrigin(
             session,
             partitions,
-            source=source,
+            source=None if connector is not None else source,  # type: ignore[arg-type]
+            connector=connector,
             batch_interval=batch_interval,
             start=start,
             batches=batches,
             checkpoint_dir=checkpoint_dir,
+            name=name,
         )
         return cls(origin, partitions, origin.dataset)
 
@@ -123,6 +148,7 @@ class Stream:
         batch_interval: float,
         max_batch: int,
         checkpoint_dir: str | os.PathLike[str] | None = None,
+        name: str = "stream",
     ) -> Stream:
         if not hasattr(items, "__aiter__"):
             raise TypeError(f"stream_from() needs an async iterable, got {type(items).__name__}")
@@ -138,6 +164,7 @@ class Stream:
             batch_interval=batch_interval,
             max_batch=max_batch,
             checkpoint_dir=checkpoint_dir,
+            name=name,
         )
         return cls(origin, partitions, origin.dataset)
 
@@ -153,6 +180,7 @@ class Stream:
             build,
             self.sinks,
             self.state_ids | state_ids,
+            self.worker_sink,
         )
 
     def dataset(self, ctx: BuildContext) -> Dataset:
@@ -319,14 +347,34 @@ class Stream:
 
     # -- output --------------------------------------------------------------------------
 
-    def sink(self, func: Callable[[StreamBatch], Any]) -> Stream:
-        """Call ``func(batch)`` (plain or async) on the driver with each micro-batch's output,
-        in batch order, as soon as the batch is done."""
-        if not callable(func):
-            raise TypeError(f"sink() needs a callable, got {type(func).__name__}")
+    def sink(self, target: Callable[[StreamBatch], Any] | Sink) -> Stream:
+        """Where the output goes.
+
+        A ``Sink`` (``adrizzle.connectors``: Postgres, Redis, files, or your own): each
+        micro-batch's partition is written from the slot that computed it, keyed by
+        (stream name, batch, partition) so that a replay never doubles it; the data does not
+        pass through the driver (``run()`` still yields a ``StreamBatch`` per batch, its values
+        empty). A batch is written once its source ranges are in the offset log. One per stream.
+
+        A callable: ``target(batch)`` (plain or async) on the driver with each micro-batch's
+        output, in batch order, as soon as the batch is done (Spark's ``foreachBatch``).
+        """
+        if isinstance(target, ConnectorSink):
+            if self.worker_sink is not None:
+                raise ValueError(f"stream {self.name!r} already writes to {self.worker_sink.name}")
+            return Stream(
+                self.origin, self.partitions, self.dataset, self.sinks, self.state_ids, target
+            )
+        if not callable(target):
+            raise TypeError(f"sink() needs a Sink or a callable, got {type(target).__name__}")
         # No operator: the new node builds through this one, so datasets stay shared.
         return Stream(
-            self.origin, self.partitions, self.dataset, (*self.sinks, func), self.state_ids
+            self.origin,
+            self.partitions,
+            self.dataset,
+            (*self.sinks, target),
+            self.state_ids,
+            self.worker_sink,
         )
 
     def run(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import logging
 import math
@@ -21,7 +22,9 @@ from adrizzle.api.dataset import job_programs
 from adrizzle.api.engine import results_of
 from adrizzle.api.stream_source import BuildContext, feed_live, wait_cut
 from adrizzle.driver.adaptive import resolve_group_size
+from adrizzle.driver.execution import OffsetRun
 from adrizzle.errors import ReplayNeeded, StateRollback
+from adrizzle.plan.offsets import WorkerSink
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
     from adrizzle.api.stream import Stream
     from adrizzle.api.stream_source import StreamOrigin
     from adrizzle.driver.adaptive import GroupSize
+    from adrizzle.driver.offset_log import OffsetLog
 
 log = logging.getLogger("adrizzle.stream")
 # A run holds at least this many batches, and this many groups of the current size, so that a
@@ -51,6 +55,8 @@ class StreamBatch:
     values: list[Any]
     done_at: float
     due: float | None = None
+    # A connector stream's batch: each source partition's (start, end), as logged.
+    positions: dict[int, tuple[Any, Any]] | None = None
 
     @property
     def latency(self) -> float | None:
@@ -166,11 +172,22 @@ class StreamRun:
             if resumed is not None:
                 origin.next_batch = resumed + 1
 
+    def _offset_log(self, origin: StreamOrigin) -> OffsetLog | None:
+        """A connector stream's offset log; a new driver resumes after the last batch an
+        earlier one completed (a stream with state resumes from its checkpoint instead)."""
+        if origin.connector is None:
+            return None
+        offsets = self.stream.session.offset_log(origin.name, origin.checkpoint_dir)
+        if origin.next_batch == 0 and not self.stream.state_ids:
+            origin.next_batch = offsets.completed_through + 1
+        return offsets
+
     async def _run(self) -> AsyncIterator[StreamBatch]:
         stream = self.stream
         origin = stream.origin
         session = stream.session
         self._resume_from_files(origin)
+        offsets = self._offset_log(origin)
         if origin.batch_interval is not None and origin.start is None and origin.live is None:
             # Batch b's interval ends at start + (b + 1) * T: the first one run ends T from now.
             origin.start = time.time() - origin.next_batch * origin.batch_interval
@@ -208,20 +225,30 @@ class StreamRun:
                         for b in range(first, last_batch)
                     ]
                 else:
-                    datasets = [stream.dataset(BuildContext(first, final))] * (last_batch - first)
+                    ctx = BuildContext(first, final, run_end=last_batch)
+                    datasets = [stream.dataset(ctx)] * (last_batch - first)
                 self._count_fixed_groups(len(datasets))
                 timeout = None
                 if self.timeout is not None:
                     due = origin.due(last_batch - 1)
                     timeout = self.timeout + max(0.0, (due or 0.0) - time.time())
+                to_sink = None
+                if stream.worker_sink is not None:
+                    to_sink = WorkerSink(origin.node_id, origin.name, stream.worker_sink, first)
+                offset_run = None
+                if offsets is not None:
+                    commit = functools.partial(session.commit_source, origin.connector)
+                    offset_run = OffsetRun(offsets, first, to_sink is not None, commit)
                 try:
                     run = await session.start_run(
-                        job_programs(session, datasets, list),
+                        job_programs(session, datasets, list, to_sink),
                         self._fixed,
                         self.pre_schedule,
                         checkpoint_dir=origin.checkpoint_dir,
                         start_small=cursor.after_loss,
                         state_names=origin.state_names,
+                        offsets=offset_run,
+                        sources=origin.partitions,
                     )
                     # ``datasets`` stays referenced during the run: a dataset collected on
                     # the driver releases its source blocks on the slots.
@@ -231,8 +258,12 @@ class StreamRun:
                         if not cursor.deliver(b):
                             continue  # replayed for the state only: delivered before
                         origin.next_batch = cursor.next_batch
+                        positions = None
+                        if offsets is not None:  # logged before it is delivered
+                            await session.wait_logged(origin.name, b)
+                            positions = offsets.entries.get(b)
                         values = [v for part in job.values for v in part]
-                        batch = StreamBatch(b, values, time.time(), origin.due(b))
+                        batch = StreamBatch(b, values, time.time(), origin.due(b), positions)
                         origin.cut_at.pop(b, None)
                         for sink in stream.sinks:
                             result = sink(batch)
@@ -250,6 +281,12 @@ class StreamRun:
                             f"{exc}"
                         ) from exc
                     log.warning("stream rolled back (%s); restarting from its checkpoint", exc)
+                    if offsets is not None and not stream.state_ids:
+                        # Batches after the last completed one may be delivered but not sunk:
+                        # run them again from their logged ranges (delivery suppressed).
+                        resume = offsets.completed_through + 1
+                        if resume < cursor.next_batch:
+                            cursor.replay_from(resume)
                     continue
                 cursor.run_completed()
                 del datasets

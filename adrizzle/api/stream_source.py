@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adrizzle.api.dataset import Dataset, parallelize
+from adrizzle.plan.offsets import OffsetSource
 from adrizzle.plan.program import BatchSource
 
 if TYPE_CHECKING:
     import os
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 
+    from adrizzle.connectors.base import Source
     from adrizzle.driver.session import DriverSession
 
 
@@ -34,17 +36,25 @@ class StreamOrigin:
         partitions: int,
         *,
         source: Callable[[int, int], Iterable[Any]] | None = None,
+        connector: Source | None = None,
         live: AsyncIterable[Any] | None = None,
         batch_interval: float | None = None,
         start: float | None = None,
         batches: int | None = None,
         max_batch: int = 100_000,
         checkpoint_dir: str | os.PathLike[str] | None = None,
+        name: str = "stream",
     ) -> None:
         self.session = session
+        # Keys the offset log, checkpoints and sinks' progress: stable across drivers.
+        self.name = name
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.partitions = partitions
         self.source = source
+        # A connector source (adrizzle.connectors.base.Source): read on the slots with
+        # offsets; its node id keys the slots' readers across the stream's runs.
+        self.connector = connector
+        self.node_id = session.new_node_id()
         self.live = live
         self.batch_interval = batch_interval
         self.start = start
@@ -80,6 +90,20 @@ class StreamOrigin:
             if ctx.keep:
                 self.kept[b] = items
             return parallelize(self.session, items, self.partitions)
+        if self.connector is not None:
+            log = self.session.offset_logs[self.name]
+            offsets = OffsetSource(
+                self.node_id,
+                self.name,
+                self.connector,
+                ctx.run_first,
+                starts=log.starts(ctx.run_first),
+                replay=log.ranges(ctx.run_first, ctx.run_end),
+                max_records=self.connector.max_records_per_batch,
+                interval=self.batch_interval,
+                start=self.start,
+            )
+            return Dataset(self.session, partitions=self.partitions, source=offsets)
         assert self.source is not None
         source = BatchSource(
             self.session.new_node_id(),
@@ -102,6 +126,7 @@ class BuildContext:
     batch: int | None = None
     keep: bool = False  # keep a live batch's items for a replay
     memo: dict[int, Dataset] = dataclasses.field(default_factory=dict)
+    run_end: int = 0  # the run's batches are run_first .. run_end - 1
 
 
 async def feed_live(origin: StreamOrigin) -> None:

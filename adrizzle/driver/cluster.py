@@ -32,6 +32,7 @@ from adrizzle.wire.messages import (
     Message,
     PeerLost,
     Shutdown,
+    SinkFailed,
     StateCheckpoint,
 )
 
@@ -50,6 +51,7 @@ WORKER_MESSAGES = (
     PeerLost,
     Heartbeat,
     StateCheckpoint,
+    SinkFailed,
 )
 
 

@@ -20,15 +20,15 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
 from adrizzle.driver.checkpoint_files import Piece
+from adrizzle.driver.launch import LaunchEncoder, serialize_programs
 from adrizzle.driver.run_events import (
     Broken,
     Cancel,
     CheckpointArrived,
     Closed,
     Commit,
+    Completed,
     Consumed,
     Deliver,
     Fail,
@@ -50,15 +50,15 @@ from adrizzle.driver.run_events import (
     WorkerLost,
 )
 from adrizzle.errors import AdrizzleError, RunTimeoutError, SerializationError
-from adrizzle.plan.program import ShippedSource, ShuffleRead, stage_waves
 from adrizzle.wire.liveness import SilenceWatch
 from adrizzle.wire.messages import (
     BatchResult,
     CancelGroups,
     GroupDone,
     GroupFailed,
-    LaunchGroup,
     Message,
+    OffsetsLogged,
+    SinkFailed,
     StateCheckpoint,
 )
 
@@ -71,7 +71,8 @@ if TYPE_CHECKING:
     from adrizzle.driver.cluster import WorkerHandle
     from adrizzle.driver.jobs import JobOutcome
     from adrizzle.driver.metrics import DriverMetrics
-    from adrizzle.driver.placement import GroupPlan, SlotRef
+    from adrizzle.driver.offset_log import OffsetLog
+    from adrizzle.driver.placement import SlotRef
     from adrizzle.driver.run_events import Event, Instruction
     from adrizzle.driver.run_state import RunScheduler
     from adrizzle.plan.program import JobProgram
@@ -81,21 +82,16 @@ log = logging.getLogger("adrizzle.driver")
 PROGRESS = "progress"  # the one key of a run's SilenceWatch
 
 
-def serialize_programs(programs: list[JobProgram], first_job: int) -> bytes:
-    try:
-        return bytes(cloudpickle.dumps(programs))
-    except Exception as exc:
-        raise SerializationError(
-            f"cannot serialize the job functions (jobs from {first_job}): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+@dataclasses.dataclass(slots=True)
+class OffsetRun:
+    """A connector stream's run: its offset log and the batch of job 0. ``sink_workers``: its
+    output goes to sinks on the workers (they wait for ``offsets_logged``); ``on_complete``
+    gets each partition's end once batches will never be replayed (``Source.commit``)."""
 
-
-def run_waves(program: JobProgram, pre_schedule: bool) -> list[list[int]]:
-    """The stages launched together: all at once when pre-scheduled, else one wave each."""
-    if pre_schedule:
-        return [list(range(len(program.stages)))]
-    return stage_waves(program.stages)
+    log: OffsetLog
+    first_batch: int
+    sink_workers: bool = False
+    on_complete: Callable[[dict[int, Any]], None] | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -127,8 +123,12 @@ class RunExecution:
         pre_schedule: bool = True,
         stall_timeout: float | None = 60.0,
         stateful: StatefulRun | None = None,
+        offsets: OffsetRun | None = None,
     ) -> None:
         self.sched = scheduler
+        self.offsets = offsets
+        self._notified = -1  # the last batch told to the workers' sinks as logged
+        self._commit_ok = True
         self.programs = programs
         self.stateful = stateful
         self._workers = workers
@@ -138,7 +138,7 @@ class RunExecution:
         self._metrics = metrics
         self._linger_us = linger_us
         self._pre_schedule = pre_schedule
-        self._waves = run_waves(programs[0], pre_schedule) if programs else [[]]
+        self._encoder = LaunchEncoder(programs, blocks, linger_us, pre_schedule)
         self._stall_timeout = stall_timeout
         self._stall_timer: asyncio.TimerHandle | None = None
         self._starved: asyncio.TimerHandle | None = None
@@ -149,16 +149,6 @@ class RunExecution:
         self._taken = 0  # outcomes the caller took and the scheduler was not told of yet
         self._wakeup: asyncio.Future[None] | None = None
         self._submitted_at = time.perf_counter()
-        self._placement: tuple[int, list[str], list[int], dict[tuple[str, int], int]] = (
-            -1,
-            [],
-            [],
-            {},
-        )
-        # The last group's programs by identity -> their pickle: a run of one dataset repeated
-        # (run_jobs([data] * n, ...)) pickles its program once, not once per group. The run
-        # holds every program, so ids stay unique while it lasts.
-        self._blob_cache: tuple[tuple[int, ...], bytes] = ((), b"")
         self._loop = asyncio.get_running_loop()
 
     @property
@@ -177,6 +167,8 @@ class RunExecution:
         if type(ins) is Launch:
             self._launch(ins)
         elif type(ins) is Deliver:
+            if self.offsets is not None:
+                self._log_offsets(ins.outcomes)
             self._metrics.jobs_completed(ins.outcomes, self._submitted_at)
             self._outcomes.extend(ins.outcomes)
             self._wake()
@@ -199,7 +191,13 @@ class RunExecution:
         elif type(ins) is Commit:
             st = self.stateful
             assert st is not None
-            st.checkpoints.commit(ins.pieces, st.expected, st.directory, st.names)
+            self._commit_ok = st.checkpoints.commit(ins.pieces, st.expected, st.directory, st.names)
+        elif type(ins) is Completed:
+            offsets = self.offsets
+            if offsets is not None and self._commit_ok:
+                ends = offsets.log.complete(offsets.first_batch + ins.through)
+                if ends and offsets.on_complete is not None:
+                    offsets.on_complete(ends)
         elif type(ins) is Rollback:
             st = self.stateful
             assert st is not None
@@ -210,6 +208,32 @@ class RunExecution:
             self._watch_starved(ins.timeout)
         elif type(ins) is Observed:
             self._metrics.group_observed(ins.decision)
+
+    # -- connector streams ---------------------------------------------------------------
+
+    def _log_offsets(self, outcomes: list[JobOutcome]) -> None:
+        """Log each finished batch's source ranges before it is delivered or sunk."""
+        offsets = self.offsets
+        assert offsets is not None
+        for outcome in outcomes:
+            if outcome.positions is not None and outcome.error is None:
+                offsets.log.append(offsets.first_batch + outcome.index, outcome.positions)
+        self.offsets_durable()
+
+    def offsets_durable(self) -> None:
+        """The offset log is safe through some batch: the slots' sinks may commit it."""
+        offsets = self.offsets
+        if offsets is None or not offsets.sink_workers:
+            return
+        through = offsets.log.drain()
+        if through <= self._notified:
+            return
+        self._notified = through
+        notice = OffsetsLogged(offsets.log.stream, through)
+        for worker in {s.worker for s in self.sched.slots}:
+            handle = self._workers.get(worker)
+            if handle is not None and handle.channel.is_open:
+                handle.channel.send(notice)
 
     # -- control -------------------------------------------------------------------------
 
@@ -290,22 +314,12 @@ class RunExecution:
     def _launch(self, ins: Launch) -> None:
         t0 = time.perf_counter()
         plan = ins.plan
-        stages = self._waves[plan.wave]
-        key = tuple(id(p) for p in self.programs[plan.first_job : plan.last_job])
-        if key == self._blob_cache[0]:
-            blob = self._blob_cache[1]
-        else:
-            try:
-                blob = serialize_programs(
-                    self.programs[plan.first_job : plan.last_job], plan.first_job
-                )
-            except SerializationError as exc:
-                self.handle(Broken(exc))
-                return
-            self._blob_cache = (key, blob)
-        fetch = self._fetch_list(plan, stages)
+        try:
+            blob = self._encoder.program_blob(plan)
+        except SerializationError as exc:
+            self.handle(Broken(exc))
+            return
         self._routes[plan.group] = self
-        placement_workers, placement_slots, slot_index = self._placement_of(plan)
         restore = self.stateful.restore if ins.restore and self.stateful is not None else None
         for share in plan.shares:
             handle = self._workers.get(share.worker)
@@ -318,89 +332,12 @@ class RunExecution:
                 # Its connection is going (the loss callback follows and re-runs this group
                 # with the other groups that had work there); send the rest as usual.
                 continue
-            data = [
-                self._blocks.missing_blocks(
-                    share.worker,
-                    slot,
-                    self._sources_on_slot(plan, stages, slot_index[(share.worker, slot)]),
-                )
-                for slot in share.slot_ids
-            ]
-            state = (
-                [restore.get((share.worker, slot), b"") for slot in share.slot_ids]
-                if restore
-                else []
-            )
-            msg = LaunchGroup(
-                group=plan.group,
-                first_job=plan.first_job,
-                last_job=plan.last_job,
-                stages=stages,
-                placement_workers=placement_workers,
-                placement_slots=placement_slots,
-                slot_ids=share.slot_ids,
-                slot_data=[len(d) for d in data],
-                program_len=len(blob),
-                release=self._blocks.take_released(share.worker),
-                linger_us=self._linger_us,
-                hold=0 if self._pre_schedule else 1,
-                fetch=fetch,
-                slot_state=[len(b) for b in state],
-                checkpoint=1 if ins.checkpoint else 0,
-            )
-            if any(data) or any(state):
-                parts = [blob]
-                for i, d in enumerate(data):
-                    parts += (d, state[i]) if state else (d,)
-                handle.channel.send(msg, b"".join(parts))
-            else:
-                handle.channel.send(msg, blob)
+            msg, payload = self._encoder.frame(plan, share, blob, ins.checkpoint, restore)
+            handle.channel.send(msg, payload)
         if plan.wave == 0:
             self._metrics.group_launched(plan.last_job - plan.first_job)
         if self.sched.controller is not None:
             self.handle(Launched(plan.group, time.perf_counter() - t0))
-
-    def _fetch_list(self, plan: GroupPlan, stages: list[int]) -> list[int]:
-        """BSP: the shuffles this wave's reducers fetch from the map sides."""
-        if self._pre_schedule:
-            return []
-        program = self.programs[plan.first_job]
-        return sorted(
-            {
-                i
-                for j in stages
-                if isinstance(inp := program.stages[j].input, ShuffleRead)
-                for i, _maps in inp.shuffles
-            }
-        )
-
-    def _placement_of(
-        self, plan: GroupPlan
-    ) -> tuple[list[str], list[int], dict[tuple[str, int], int]]:
-        """The placement arrays of the plan's slots (rebuilt only when the slots change)."""
-        if self._placement[0] != id(plan.slots):
-            slots = plan.slots
-            self._placement = (
-                id(plan.slots),
-                [s.worker for s in slots],
-                [s.slot for s in slots],
-                {(s.worker, s.slot): i for i, s in enumerate(slots)},
-            )
-        return self._placement[1], self._placement[2], self._placement[3]
-
-    def _sources_on_slot(
-        self, plan: GroupPlan, stages: list[int], slot_index: int
-    ) -> list[tuple[int, list[int]]]:
-        n = len(plan.slots)
-        out = []
-        for program in {id(p): p for p in self.programs[plan.first_job : plan.last_job]}.values():
-            for j in stages:
-                stage = program.stages[j]
-                if isinstance(stage.input, ShippedSource):
-                    parts = list(range(slot_index, stage.partitions, n))
-                    if parts:
-                        out.append((stage.input.node_id, parts))
-        return out
 
     # -- frames from the workers ---------------------------------------------------------
 
@@ -421,7 +358,16 @@ class RunExecution:
                 return
             worker.tasks_done += len(msg.parts) * len(msg.jobs)
             self.handle(
-                ResultsArrived(worker.id, msg.group, msg.jobs, msg.parts, batches, msg.failed, now)
+                ResultsArrived(
+                    worker.id,
+                    msg.group,
+                    msg.jobs,
+                    msg.parts,
+                    batches,
+                    msg.failed,
+                    now,
+                    msg.positions,
+                )
             )
         elif type(msg) is GroupDone:
             worker.groups_done += 1
@@ -441,6 +387,12 @@ class RunExecution:
         elif type(msg) is GroupFailed:
             self._blocks.forget_slot(msg.worker, msg.slot)  # its data may not have loaded
             self.handle(LoadFailed(msg.reason))
+        elif type(msg) is SinkFailed:
+            try:  # from an authenticated worker: its slot pickled the SinkError
+                error = pickle.loads(payload)
+            except Exception as exc:
+                error = AdrizzleError(f"a sink failed on {worker.id} (unreadable: {exc})")
+            self.handle(Broken(error))
 
     # -- delivery ------------------------------------------------------------------------
 

@@ -1,16 +1,50 @@
-"""The jobs of one run: values as they arrive, the first task error, delivery in job order.
+"""The books of one run: its groups in flight, its jobs' values and errors, delivery in job
+order, and which jobs are complete for good.
 
-Pure bookkeeping for ``RunScheduler`` (``adrizzle.driver.run_state``). Cost is per (job, slot)
-result, never per task: one slot's values for one job fill all its partitions at once.
+Pure bookkeeping for ``RunScheduler`` (``adrizzle.driver.run_state``), which holds the rules.
+Cost is per (job, slot) result, never per task: one slot's values for one job fill all its
+partitions at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adrizzle.errors import TaskError
 from adrizzle.plan.failure import TaskFailure
+
+if TYPE_CHECKING:
+    from adrizzle.driver.checkpoint_files import Piece
+    from adrizzle.driver.placement import GroupPlan
+
+
+@dataclasses.dataclass(slots=True)
+class StatePolicy:
+    """A run that rolls back after a loss (stream state, or a connector source): checkpoint
+    its state at most once per ``interval`` s (0: every group; ``checkpoints`` False: no state
+    to checkpoint); ``restore``: its first group ships the state to restore."""
+
+    interval: float = 0.0
+    restore: bool = False
+    checkpoints: bool = True
+
+
+@dataclasses.dataclass(slots=True)
+class GroupState:
+    """Everything the driver keeps about one group in flight."""
+
+    plan: GroupPlan
+    awaiting: set[str]  # workers that have not acknowledged the current wave
+    launched_at: float
+    pieces: list[Piece] | None = None  # a checkpointed group's state pieces so far
+    # Its clock, for the adaptive group size (adrizzle.driver.adaptive.GroupTiming).
+    start: float = 0.0  # max(launch, the previous group's last result)
+    first_done: float | None = None
+    last_done: float | None = None
+    cost_s: float = 0.0  # driver time spent launching it
+    busy_s: float | None = None  # the busiest slot's acknowledged time
+    slots_of: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(slots=True)
@@ -24,14 +58,22 @@ class JobOutcome:
     values: list[Any] | None
     error: TaskError | None
     launched_at: float = 0.0
+    # A connector stream's batch: each source partition's (start, end) positions.
+    positions: dict[int, tuple[Any, Any]] | None = None
 
 
 class JobLedger:
-    """Values per open job; ``record`` returns the jobs that became deliverable, in order."""
+    """Values per open job; ``record`` returns the jobs that became deliverable, in order.
 
-    def __init__(self, n_jobs: int, partitions: int) -> None:
+    With ``sources`` (a connector stream's source partitions), a job is finished only once
+    every source partition's range is in as well (``add_positions``).
+    """
+
+    def __init__(self, n_jobs: int, partitions: int, sources: int = 0) -> None:
         self.n_jobs = n_jobs
         self.partitions = partitions
+        self.sources = sources
+        self._positions: dict[int, dict[int, tuple[Any, Any]]] = {}
         self.next_to_deliver = 0
         self._values: dict[int, list[Any]] = {}
         self._remaining: dict[int, int] = {}
@@ -55,12 +97,15 @@ class JobLedger:
         for job in jobs:
             self._values[job] = [None] * self.partitions
             self._remaining[job] = self.partitions
+            if self.sources:
+                self._positions[job] = {}
 
     def reset(self, job: int) -> None:
         """Forget what arrived for ``job`` (its attempt was aborted; it runs again)."""
         self._values.pop(job, None)
         self._remaining.pop(job, None)
         self._errors.pop(job, None)
+        self._positions.pop(job, None)
 
     def open_jobs(self) -> list[int]:
         return list(self._remaining)
@@ -95,14 +140,33 @@ class JobLedger:
                         message=v.message,
                         remote_traceback=v.traceback,
                     )
-        remaining = self._remaining[job] - len(parts)
-        self._remaining[job] = remaining
-        if remaining > 0:
+        self._remaining[job] -= len(parts)
+        return self._finish(job, launched_at)
+
+    def add_positions(self, entries: list[list[Any]], launched_at: float = 0.0) -> list[JobOutcome]:
+        """Source ranges ``[job, partition, start, end]``; the jobs now deliverable."""
+        out: list[JobOutcome] = []
+        for job, partition, start, end in entries:
+            known = self._positions.get(job)
+            if known is None:
+                continue  # a job already finished (or reset): a duplicate
+            known[partition] = (start, end)
+            out += self._finish(job, launched_at)
+        return out
+
+    def _finish(self, job: int, launched_at: float) -> list[JobOutcome]:
+        """Deliver ``job`` if it has everything, with every job after it that waited for it."""
+        if self._remaining.get(job, 1) > 0:
+            return []
+        positions = self._positions.get(job)
+        if self.sources and (positions is None or len(positions) < self.sources):
             return []
         del self._remaining[job]
-        del self._values[job]
+        slot_values = self._values.pop(job)
+        self._positions.pop(job, None)
         error = self._errors.pop(job, None)
-        self._done[job] = JobOutcome(job, None if error else slot_values, error, launched_at)
+        values = None if error else slot_values
+        self._done[job] = JobOutcome(job, values, error, launched_at, positions)
         out: list[JobOutcome] = []
         while self.next_to_deliver in self._done:
             out.append(self._done.pop(self.next_to_deliver))
@@ -112,3 +176,26 @@ class JobLedger:
     def describe_missing(self, limit: int = 3) -> str:
         waiting = sorted(self._remaining.items())[:limit]
         return ", ".join(f"job {j} lacks {n} partitions" for j, n in waiting)
+
+
+class Completion:
+    """Which jobs will never run again: the contiguous prefix of acknowledged groups, up to
+    the last one that counts as a completion point (every group, or for a run with stream
+    state only checkpointed ones: a replay starts after the last checkpoint)."""
+
+    def __init__(self) -> None:
+        self.through = -1  # the last job that will never be replayed
+        self._prefix = 0  # jobs 0 .. _prefix - 1 are acknowledged
+        self._acked: dict[int, tuple[int, bool]] = {}  # first job -> (last job + 1, point)
+
+    def acked(self, first: int, last: int, point: bool) -> int | None:
+        """Group of jobs ``first .. last - 1`` acknowledged (``point``: it completes them);
+        the new ``through`` when it advanced, else None."""
+        self._acked[first] = (last, point)
+        before = self.through
+        while self._prefix in self._acked:
+            end, is_point = self._acked.pop(self._prefix)
+            self._prefix = end
+            if is_point:
+                self.through = end - 1
+        return self.through if self.through > before else None

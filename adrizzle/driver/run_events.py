@@ -41,6 +41,7 @@ class ResultsArrived:
     values: Sequence[list[Any]]
     failed: Sequence[int]
     now: float
+    positions: Sequence[list[Any]] = ()  # connector reads: [job, partition, start, end]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -209,6 +210,14 @@ class Commit:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Completed:
+    """Jobs up to ``through`` will never be replayed (a connector stream's offset log may
+    forget them and tell its source)."""
+
+    through: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Rollback:
     """The run's stream state on the slots can no longer be trusted (a loss): invalidate the
     live copies; the stream restores its last checkpoint. A ``Fail`` follows."""
@@ -247,6 +256,7 @@ Instruction = (
     | Deliver
     | Fail
     | Commit
+    | Completed
     | Rollback
     | Recovered
     | WaitForWorkers

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from adrizzle.driver import run_events as ev
 from adrizzle.driver.adaptive import GroupTiming
-from adrizzle.driver.jobs import JobLedger
+from adrizzle.driver.jobs import Completion, GroupState, JobLedger, StatePolicy
 from adrizzle.driver.placement import GroupPlan, place_partitions
 from adrizzle.errors import (
     AdrizzleError,
@@ -34,34 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from adrizzle.driver.adaptive import GroupSizeController
-    from adrizzle.driver.checkpoint_files import Piece
     from adrizzle.driver.placement import SlotRef, WorkerShare
-
-
-@dataclasses.dataclass(slots=True)
-class StatePolicy:
-    """A run with stream state: checkpoint at most once per ``interval`` s (0: every group);
-    ``restore``: its first group ships the state to restore (the shell has it)."""
-
-    interval: float = 0.0
-    restore: bool = False
-
-
-@dataclasses.dataclass(slots=True)
-class GroupState:
-    """Everything the driver keeps about one group in flight."""
-
-    plan: GroupPlan
-    awaiting: set[str]  # workers that have not acknowledged the current wave
-    launched_at: float
-    pieces: list[Piece] | None = None  # a checkpointed group's state pieces so far
-    # Its clock, for the adaptive group size (adrizzle.driver.adaptive.GroupTiming).
-    start: float = 0.0  # max(launch, the previous group's last result)
-    first_done: float | None = None
-    last_done: float | None = None
-    cost_s: float = 0.0  # driver time spent launching it
-    busy_s: float | None = None  # the busiest slot's acknowledged time
-    slots_of: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class RunScheduler:
@@ -90,6 +63,7 @@ class RunScheduler:
         max_buffered: int = 64,
         no_workers_timeout: float = 30.0,
         start_small: bool = False,
+        sources: int = 0,
     ) -> None:
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -109,7 +83,8 @@ class RunScheduler:
         self.slots: list[SlotRef] = []
         self.shares = self._place(slots)
         self.slots = list(slots)
-        self.jobs = JobLedger(n_jobs, partitions)
+        self.jobs = JobLedger(n_jobs, partitions, sources)
+        self.completion = Completion()
         self.in_flight: dict[int, GroupState] = {}
         self.next_job = 0
         # Recovery: jobs of aborted groups, re-run one per group, lowest first; then new
@@ -222,7 +197,7 @@ class RunScheduler:
         restore = checkpoint = False
         if self.stateful is not None:
             restore, self.stateful.restore = self.stateful.restore, False
-            if now - self._last_checkpoint >= self.stateful.interval:
+            if self.stateful.checkpoints and now - self._last_checkpoint >= self.stateful.interval:
                 self._last_checkpoint = now
                 checkpoint = True
         self.in_flight[plan.group] = GroupState(
@@ -284,6 +259,8 @@ class RunScheduler:
         except ValueError as exc:
             self._fail(self._unreadable(event, str(exc)), out)
             return
+        if event.positions:
+            outcomes += self.jobs.add_positions(list(event.positions), state.launched_at)
         if completed:
             if state.first_done is None:
                 # The group could not produce before the previous group's last result.
@@ -322,6 +299,11 @@ class RunScheduler:
         out.append(ev.Forget(event.group, acked=True))
         if state.pieces is not None and self.stateful is not None:
             out.append(ev.Commit(state.pieces))
+        if self.stateful is not None:  # a replay starts after the last completion point
+            point = state.pieces is not None or not self.stateful.checkpoints
+            through = self.completion.acked(plan.first_job, plan.last_job, point)
+            if through is not None:
+                out.append(ev.Completed(through))
         if self.controller is not None and state.first_done is not None:
             timing = GroupTiming(
                 event.group,

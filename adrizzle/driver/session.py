@@ -29,12 +29,15 @@ from adrizzle.driver.adaptive import resolve_group_size
 from adrizzle.driver.blocks import BlockRegistry
 from adrizzle.driver.checkpoint import StateCheckpoints
 from adrizzle.driver.cluster import Cluster, WorkerHandle
-from adrizzle.driver.execution import RunExecution, StatefulRun, run_waves
+from adrizzle.driver.execution import OffsetRun, RunExecution, StatefulRun
+from adrizzle.driver.jobs import StatePolicy
+from adrizzle.driver.launch import run_waves
 from adrizzle.driver.local import LocalWorkers
 from adrizzle.driver.metrics import DriverMetrics
+from adrizzle.driver.offset_log import OffsetLog
 from adrizzle.driver.placement import interleave_slots
 from adrizzle.driver.restore import plan_restore
-from adrizzle.driver.run_state import RunScheduler, StatePolicy
+from adrizzle.driver.run_state import RunScheduler
 from adrizzle.errors import AdrizzleError, NoWorkersError
 from adrizzle.plan.program import state_steps
 from adrizzle.wire import auth
@@ -80,6 +83,11 @@ class DriverSession:
         # group -> the run it belongs to, while it is in flight (frames are routed by group)
         self.routes: dict[int, RunExecution] = {}
         self.local: LocalWorkers | None = None
+        # Connector streams: their offset logs by stream name, and a signal per log that more
+        # of it is durable (stream runs wait on it before delivering a batch).
+        self.offset_logs: dict[str, OffsetLog] = {}
+        self._logged: dict[str, asyncio.Event] = {}
+        self._commits: dict[int, tuple[Any, dict[int, Any] | None]] = {}  # id(source) -> state
         self._node_ids = itertools.count()
         self._group_ids = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -121,6 +129,8 @@ class DriverSession:
         if self.checkpoints.writing:  # let the last groups' checkpoints reach the disk
             await self.wait_settled(timeout=2.0)
         await asyncio.to_thread(self.checkpoints.close)
+        for offsets in self.offset_logs.values():
+            await asyncio.to_thread(offsets.close)
         try:
             await self.cluster.close()
         finally:
@@ -164,6 +174,8 @@ class DriverSession:
         checkpoint_dir: Path | None = None,
         start_small: bool = False,
         state_names: dict[int, str] | None = None,
+        offsets: OffsetRun | None = None,
+        sources: int = 0,
     ) -> RunExecution:
         """Start running ``programs`` (one per job, one stage shape); iterate the returned
         run's ``outcomes()`` for the results. A run with stream state restores it first where
@@ -204,10 +216,15 @@ class DriverSession:
             waves=len(run_waves(programs[0], pre_schedule)) if programs else 1,
             controller=controller,
             stateful=(
-                StatePolicy(self.config.checkpoint_interval, stateful.restore is not None)
-                if stateful is not None
+                StatePolicy(
+                    self.config.checkpoint_interval,
+                    stateful is not None and stateful.restore is not None,
+                    checkpoints=stateful is not None,
+                )
+                if stateful is not None or offsets is not None
                 else None
             ),
+            sources=sources if offsets is not None else 0,
             max_buffered=max(4 * size * self.config.window, 64),
             no_workers_timeout=self.config.no_workers_timeout,
             start_small=start_small,
@@ -224,6 +241,7 @@ class DriverSession:
             pre_schedule=pre_schedule,
             stall_timeout=self.config.stall_timeout,
             stateful=stateful,
+            offsets=offsets,
         )
         self.runs.add(run)
         try:
@@ -233,6 +251,65 @@ class DriverSession:
             run.close()
             raise
         return run
+
+    # -- connector streams ---------------------------------------------------------------
+
+    def offset_log(self, stream: str, directory: Path | None) -> OffsetLog:
+        """The offset log of ``stream`` (made once; with ``directory``, kept in a file there
+        and resumed from an earlier driver's)."""
+        log_ = self.offset_logs.get(stream)
+        if log_ is None:
+            loop = asyncio.get_running_loop()
+
+            def notify() -> None:  # from the log's writer thread, after an fsync
+                try:
+                    loop.call_soon_threadsafe(self._offsets_durable, stream)
+                except RuntimeError:  # the loop is closed: nobody waits any more
+                    pass
+
+            log_ = self.offset_logs[stream] = OffsetLog(stream, directory, notify)
+            self._logged[stream] = asyncio.Event()
+        return log_
+
+    def _offsets_durable(self, stream: str) -> None:
+        for run in {*self.runs, *self.routes.values()}:
+            if run.offsets is not None and run.offsets.log.stream == stream:
+                run.offsets_durable()
+        self._logged[stream].set()
+
+    async def wait_logged(self, stream: str, batch: int) -> None:
+        """Until ``batch`` of ``stream`` is safe in its offset log (delivery waits for it)."""
+        offsets = self.offset_logs[stream]
+        event = self._logged[stream]
+        while offsets.drain() < batch:
+            event.clear()
+            if offsets.drain() >= batch:
+                return
+            await event.wait()
+
+    def commit_source(self, source: Any, ends: dict[int, Any]) -> None:
+        """Tell ``source`` (off the loop) that records up to ``ends`` will never be replayed;
+        advisory, so one commit runs at a time per source and a newer one replaces a waiting
+        one. A failure is logged, not raised."""
+        key = id(source)
+        if key in self._commits:
+            self._commits[key] = (source, ends)  # runs after the one in flight
+            return
+        self._commits[key] = (source, None)
+        task = asyncio.ensure_future(self._commit_source(key, source, ends))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _commit_source(self, key: int, source: Any, ends: dict[int, Any]) -> None:
+        pending: dict[int, Any] | None = ends
+        while pending is not None:
+            try:
+                await asyncio.to_thread(_commit_all, source, pending)
+            except Exception as exc:
+                log.warning("cannot commit %s's positions: %s", source.name, exc)
+            _source, pending = self._commits.get(key, (source, None))
+            self._commits[key] = (source, None)
+        del self._commits[key]
 
     def finished(self, run: RunExecution) -> None:
         """The caller is done with ``run`` (its groups in flight stay routed until acked)."""
@@ -399,3 +476,8 @@ class DriverSession:
             }
         )
         return stats
+
+
+def _commit_all(source: Any, ends: dict[int, Any]) -> None:
+    for partition, end in ends.items():
+        source.commit(partition, end)

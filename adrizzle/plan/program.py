@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from adrizzle.errors import StateOrderError
+from adrizzle.plan.offsets import OffsetSource, SourceIO, WorkerSink
 from adrizzle.plan.partitioning import portable_hash
 from adrizzle.plan.state import StateStore, StateUpdate
 
@@ -42,7 +43,9 @@ class ShippedSource:
     def ready_at(self, job: int) -> float | None:
         return None
 
-    def read(self, partition: int, store: BlockStore, job: int = 0) -> Iterator[Any]:
+    def read(
+        self, partition: int, store: BlockStore, job: int = 0, io: SourceIO | None = None
+    ) -> Iterator[Any]:
         try:
             return iter(store[(self.node_id, partition)])
         except KeyError:
@@ -62,7 +65,9 @@ class FunctionSource:
     def ready_at(self, job: int) -> float | None:
         return None
 
-    def read(self, partition: int, store: BlockStore, job: int = 0) -> Iterator[Any]:
+    def read(
+        self, partition: int, store: BlockStore, job: int = 0, io: SourceIO | None = None
+    ) -> Iterator[Any]:
         return iter(self.func(partition))
 
 
@@ -87,7 +92,9 @@ class BatchSource:
             return None
         return self.start + (self.first_batch + job + 1) * self.interval
 
-    def read(self, partition: int, store: BlockStore, job: int = 0) -> Iterator[Any]:
+    def read(
+        self, partition: int, store: BlockStore, job: int = 0, io: SourceIO | None = None
+    ) -> Iterator[Any]:
         due = self.ready_at(job)
         if due is not None:  # the slot waits for it; this only guards a forced early run
             wait = due - time.time()
@@ -96,7 +103,7 @@ class BatchSource:
         return iter(self.func(self.first_batch + job, partition))
 
 
-Source = ShippedSource | FunctionSource | BatchSource
+Source = ShippedSource | FunctionSource | BatchSource | OffsetSource
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +211,11 @@ class StageProgram:
         inputs: Iterator[Any] | None,
         states: StateStore | None = None,
         job: int = 0,
+        io: SourceIO | None = None,
     ) -> Any:
         """The stage's output iterator for ``partition`` of job ``job`` (``inputs``: the
-        shuffle read; ``states``: the slot's state store, for stateful steps)."""
+        shuffle read; ``states``: the slot's state store, for stateful steps; ``io``: the slot's
+        connector readers, for connector sources)."""
         steps = self.steps
         it: Iterator[Any] | None = None
         start = 0
@@ -222,7 +231,7 @@ class StageProgram:
                 it = inputs
             else:
                 assert not isinstance(self.input, ShuffleRead)
-                it = self.input.read(partition, store, job)
+                it = self.input.read(partition, store, job, io)
         for step in steps[start:]:
             if step.kind == STATEFUL:
                 if states is None:
@@ -239,8 +248,12 @@ class StageProgram:
 
 @dataclass(frozen=True, slots=True)
 class JobProgram:
+    """A job's stages in topological order, the action its result stage runs, and, for a
+    stream with a sink on the workers, where its output goes instead of to the driver."""
+
     stages: tuple[StageProgram, ...]
     action: Action
+    sink: WorkerSink | None = None
 
     def shape(self) -> tuple[Any, ...]:
         """The stage structure: jobs of one run must share it."""

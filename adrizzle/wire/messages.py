@@ -157,6 +157,9 @@ class BatchResult(Message):
     jobs: list[int]
     parts: list[int]
     failed: list[int]
+    # Connector streams: ``[job, source partition, start, end]`` per source read done in this
+    # slot since its last frame (positions are JSON values); ``jobs`` may then be empty.
+    positions: list[list[Any]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -171,6 +174,25 @@ class GroupDone(Message):
     busy_us: int
     pushed_blocks: int = 0
     pushed_bytes: int = 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OffsetsLogged(Message):
+    """Driver to workers (and worker to its slots): the source ranges of stream ``stream`` are
+    logged through micro-batch ``through``: sinks on the slots may commit those batches."""
+
+    TAG: ClassVar[str] = "offsets_logged"
+    stream: str
+    through: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SinkFailed(Message):
+    """Slot to driver (through its worker): a sink could not commit a micro-batch of the group;
+    the payload is the pickled ``SinkError``. The run fails; nothing later is committed."""
+
+    TAG: ClassVar[str] = "sink_failed"
+    group: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -308,6 +330,7 @@ _CHECKS: dict[str, Callable[[object], bool]] = {
     "str | None": _optional(_is_str),
     "list[int]": _is_list_of(_is_int),
     "list[list[int]]": _is_list_of(_is_list_of(_is_int)),
+    "list[list[Any]]": _is_list_of(lambda v: type(v) is list),
 }
 
 _Spec = tuple[tuple[str, Callable[[object], bool], str, bool], ...]
@@ -349,6 +372,8 @@ _register(
     Draining,
     PeerLost,
     StateCheckpoint,
+    OffsetsLogged,
+    SinkFailed,
 )
 
 HANDSHAKE_TYPES: frozenset[type[Message]] = frozenset({Hello, Auth, Error})

@@ -40,9 +40,11 @@ from adrizzle.wire.messages import (
     LaunchGroup,
     MapOutputReady,
     Message,
+    OffsetsLogged,
     PeerLost,
     RunTasks,
     Shutdown,
+    SinkFailed,
     SlotDone,
     StateCheckpoint,
 )
@@ -59,7 +61,8 @@ log = logging.getLogger("adrizzle.worker")
 T = TypeVar("T")
 
 DRIVER = "driver"  # the one peer the worker's SilenceWatch follows
-DRIVER_MESSAGES = (LaunchGroup, ClusterView, CancelGroups, Shutdown, Heartbeat)
+FORWARDED = frozenset({BatchResult, GroupFailed, StateCheckpoint, SinkFailed})  # slot -> driver
+DRIVER_MESSAGES = (LaunchGroup, ClusterView, CancelGroups, Shutdown, Heartbeat, OffsetsLogged)
 
 
 def local_address_towards(host: str, port: int) -> str:
@@ -300,6 +303,9 @@ class WorkerRuntime:
             self.peers.addresses = dict(zip(msg.workers, msg.data_addresses, strict=True))
         elif type(msg) is CancelGroups:
             self._cancel(msg)
+        elif type(msg) is OffsetsLogged:
+            for slot in self.pool.slots:  # the slots with staged sink outputs commit them
+                slot.channel.send(msg)
         elif type(msg) is Shutdown:
             self._request_stop("the driver asked us to shut down")
 
@@ -420,7 +426,7 @@ class WorkerRuntime:
             # so this is the driver going away under a group: the worker is stopping.
             log.debug("driver connection closed: dropping %s from slot %d", msg.TAG, slot.index)
             return
-        if type(msg) is BatchResult or type(msg) is GroupFailed or type(msg) is StateCheckpoint:
+        if type(msg) in FORWARDED:
             channel.send(msg, payload)
         elif type(msg) is MapOutputReady:
             self._route_block(msg, payload)

@@ -25,12 +25,21 @@ from adrizzle.wire.messages import (
     MapOutputReady,
     Message,
     Shutdown,
+    SinkFailed,
     SlotDone,
     SlotReady,
     StateCheckpoint,
 )
 
-SLOT_MESSAGES = (SlotReady, BatchResult, SlotDone, MapOutputReady, GroupFailed, StateCheckpoint)
+SLOT_MESSAGES = (
+    SlotReady,
+    BatchResult,
+    SlotDone,
+    MapOutputReady,
+    GroupFailed,
+    StateCheckpoint,
+    SinkFailed,
+)
 
 
 class SlotStartError(Exception):

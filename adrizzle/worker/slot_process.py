@@ -23,7 +23,9 @@ from typing import Any
 
 import cloudpickle
 
+from adrizzle.errors import SinkError
 from adrizzle.plan.failure import TaskFailure
+from adrizzle.plan.offsets import SourceIO
 from adrizzle.plan.program import (
     BlockStore,
     JobProgram,
@@ -36,14 +38,17 @@ from adrizzle.wire.messages import (
     CancelGroups,
     GroupFailed,
     MapOutputReady,
+    OffsetsLogged,
     RunTasks,
     Shutdown,
+    SinkFailed,
     SlotReady,
     StateCheckpoint,
     decode_meta,
     encode_meta,
 )
 from adrizzle.worker.slot_results import ResultSender
+from adrizzle.worker.slot_sinks import SinkStage
 from adrizzle.worker.slot_tasks import Inbox, Task, due_in, is_ready, next_ready, tasks_for
 
 TRUSTED_LIMITS = FrameLimits(max_meta=1 << 24, max_payload=1 << 34)
@@ -81,6 +86,8 @@ class SlotProcess:
         self.queue: collections.deque[tuple[RunTasks, bytes]] = collections.deque()
         self.inbox: Inbox = {}  # shuffle blocks by attempt (see slot_tasks.Inbox)
         self.cancelled: set[int] = set()
+        self.io = SourceIO()  # connector readers, kept across groups
+        self.sinks = SinkStage()  # sink writers and the outputs waiting for offsets_logged
 
     def serve(self) -> None:
         self.sender.send(encode_frame(encode_meta(SlotReady(pid=os.getpid()))))
@@ -112,6 +119,8 @@ class SlotProcess:
                     payload = whole
                 blocks = pickle.loads(payload)
                 self.file_blocks(msg.group, msg.job, msg.shuffle, msg.map_part, blocks)
+            elif isinstance(msg, OffsetsLogged):
+                self.sink_failures(self.sinks.confirm(msg.stream, msg.through))
             elif isinstance(msg, CancelGroups):
                 self.cancel(msg.groups)
             elif isinstance(msg, Shutdown):
@@ -151,6 +160,7 @@ class SlotProcess:
                 except Exception:
                     pass  # reported when a task needs the block
         self.queue = kept
+        self.sinks.cancel(set(groups))
         for key in [k for k in self.inbox if k[0] in self.cancelled]:
             del self.inbox[key]
         for chunk_key in [k for k in self.partial if k[0] in self.cancelled]:
@@ -212,8 +222,16 @@ class SlotProcess:
             stage = program.stages[stage_index]
             if stage.output is not None:
                 self.run_map_task(msg, job, stage_index, stage, p)
+                if self.io.reads:
+                    self.sender.add_positions(msg, self.io.reads)
+                    self.io.reads = []
                 continue
             results[job][p] = self.run_result_task(msg.group, job, program, stage, p)
+            if self.io.reads:
+                self.sender.add_positions(msg, self.io.reads)
+                self.io.reads = []
+            if self.sinks.staged:
+                self.receive(0)  # an offsets_logged notice may let staged batches commit
             if len(results[job]) == len(plan.result_parts):
                 done = results.pop(job)
                 values = [done[q] for q in plan.result_parts]
@@ -223,6 +241,7 @@ class SlotProcess:
                 self.sender.add(msg, plan.result_parts, job, values, failed, result_jobs_left == 0)
         if msg.checkpoint:
             self.send_checkpoint(msg)
+        self.wait_for_sinks(msg)
         busy_us = int((time.perf_counter() - started - waited) * 1e6)
         self.sender.finish_group(
             msg.group,
@@ -234,8 +253,10 @@ class SlotProcess:
         )
 
     def release(self, node_ids: list[int]) -> None:
-        """Drop the blocks and state of nodes the driver no longer holds."""
+        """Drop the blocks, state, readers and writers of nodes the driver no longer holds."""
+        self.sinks.release(node_ids)
         for node_id in node_ids:
+            self.io.release(node_id)
             for key in [k for k in self.store if k[0] == node_id]:
                 del self.store[key]
             for state_key in [k for k in self.states if k[0] == node_id]:
@@ -274,6 +295,31 @@ class SlotProcess:
             self.sender.finish_group(msg.group, 0, 0, 0, self.sender.unpicklable)
             return None
 
+    def wait_for_sinks(self, msg: RunTasks) -> None:
+        """A group is finished only once its sinks committed: its acknowledgement (and the
+        checkpoint it completes) then implies them. The driver logs a batch's offsets as soon
+        as its results are in, so this waits about one round trip."""
+        deadline = time.monotonic() + self.shuffle_timeout
+        while self.sinks.pending(msg.group):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waiting = self.sinks.waiting_streams(msg.group)
+                error = SinkError(
+                    "the driver",
+                    f"offsets of {waiting} were not confirmed within {self.shuffle_timeout:g} s",
+                )
+                self.sinks.cancel({msg.group})
+                self.sink_failures([(msg.group, error)])
+                return
+            self.receive(left)
+            if msg.group in self.cancelled:
+                return
+
+    def sink_failures(self, failures: list[tuple[int, SinkError]]) -> None:
+        for group, error in failures:
+            notice = SinkFailed(group)
+            self.sender.send(encode_frame(encode_meta(notice), pickle.dumps(error)))
+
     def send_checkpoint(self, msg: RunTasks) -> None:
         """Send the stream state changed since the last checkpoint (docs/architecture.md)."""
         changed = {key: cell for key, cell in self.states.items() if cell.dirty}
@@ -307,7 +353,13 @@ class SlotProcess:
     ) -> Any:
         try:
             inputs = self.inputs(group, job, stage, p)
-            return program.action(stage.compute(p, self.store, inputs, self.states, job))
+            it = stage.compute(p, self.store, inputs, self.states, job, self.io)
+            value = program.action(it)
+            sink = program.sink
+            if sink is None:
+                return value
+            self.sinks.stage(group, sink, sink.first_batch + job, p, value)
+            return []  # the output went to the sink, not to the driver
         except UpstreamFailure as exc:
             return exc.failure
         except WorkerGone:
@@ -322,7 +374,7 @@ class SlotProcess:
         try:
             blocks: list[Any] = stage.output.split(
                 stage.compute(
-                    p, self.store, self.inputs(msg.group, job, stage, p), self.states, job
+                    p, self.store, self.inputs(msg.group, job, stage, p), self.states, job, self.io
                 )
             )
         except UpstreamFailure as exc:

@@ -67,6 +67,7 @@ class ResultSender:
         self._jobs: list[int] = []
         self._failed: list[int] = []
         self._values: list[list[Any]] = []
+        self._positions: list[list[Any]] = []  # connector reads: [job, partition, start, end]
         self._deadline = 0.0
         self._last_add = 0.0
         self.unpicklable = 0
@@ -89,14 +90,28 @@ class ResultSender:
             send_now = last_of_group or now - self._last_add >= linger
             self._last_add = now
             if not self._jobs:
-                self._group, self._parts = msg, parts
-                self._deadline = now + linger
-                if not send_now:
-                    self._cond.notify()  # start the linger clock
+                self._parts = parts
+                if not self._positions:
+                    self._group = msg
+                    self._deadline = now + linger
+                    if not send_now:
+                        self._cond.notify()  # start the linger clock
             self._jobs.append(job)
             self._failed.append(failed)
             self._values.append(values)
             if send_now or now >= self._deadline:
+                self._flush()
+
+    def add_positions(self, msg: RunTasks, reads: list[list[Any]]) -> None:
+        """Connector reads of this group, sent with the next results (or alone, within the
+        linger time): the driver logs a batch once every source partition's range is in."""
+        with self._cond:
+            if not self._jobs and not self._positions:
+                self._group, self._parts = msg, []
+                self._deadline = time.monotonic() + msg.linger_us / 1e6
+                self._cond.notify()
+            self._positions += reads
+            if time.monotonic() >= self._deadline:
                 self._flush()
 
     def send(self, frame: bytes) -> None:
@@ -120,22 +135,26 @@ class ResultSender:
             self._sock.sendall(encode_frame(encode_meta(done)))
 
     def _flush(self) -> None:
-        if not self._jobs:
+        if not self._jobs and not self._positions:
             return
         assert self._group is not None
         payload, replaced = dump_values(self._values)
         failed = [f + r for f, r in zip(self._failed, replaced, strict=True)]
         result = BatchResult(
-            group=self._group.group, jobs=self._jobs, parts=self._parts, failed=failed
+            group=self._group.group,
+            jobs=self._jobs,
+            parts=self._parts,
+            failed=failed,
+            positions=self._positions,
         )
-        self._jobs, self._failed, self._values = [], [], []
+        self._jobs, self._failed, self._values, self._positions = [], [], [], []
         self.unpicklable += sum(replaced)
         self._sock.sendall(encode_frame(encode_meta(result), payload))
 
     def _linger_clock(self) -> None:
         with self._cond:
             while True:
-                if not self._jobs:
+                if not self._jobs and not self._positions:
                     self._cond.wait()
                     continue
                 left = self._deadline - time.monotonic()

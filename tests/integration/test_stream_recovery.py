@@ -171,12 +171,12 @@ async def test_checkpoint_dir_writes_whole_files_and_restores_from_them(tmp_path
     async with adrizzle.Engine.local(workers=3, cores=1) as engine:
         stream = running_totals(engine, checkpoint_dir=directory)
         await check_running_totals(stream, 80, 5, (40, 2), engine)
-        stats = engine.statistics()["checkpoints"]
+        assert await engine.wait_settled()  # the last group's acks commit its checkpoint
+        assert engine.session.checkpoints.flush(10.0)  # and the writer thread wrote it
+        stats = engine.statistics()["checkpoints"]  # (the registry takes the written files)
         assert stats["storage"] == "directory"
         assert stats["files_written"] >= 1
         assert stats["write_errors"] == 0
-        assert engine.session.checkpoints.flush(10.0)
-        engine.statistics()  # the registry takes the written files from the writer's queue
         names = sorted(p.name for p in directory.iterdir())
         # Only whole files (a temporary name is renamed, never left), old ones deleted.
         assert names

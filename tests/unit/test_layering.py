@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "status": {"status", "wire", "errors"},
     "connectors": {"connectors", "plan", "errors"},
     "deploy": {"deploy", "wire", "errors", "root"},  # the public API, as a user would
-    "api": {"api", "driver", "plan", "wire", "errors", "status"},
+    "api": {"api", "driver", "plan", "wire", "errors", "status", "connectors"},
 }
 
 

@@ -29,9 +29,11 @@ from adrizzle.wire.messages import (
     LaunchGroup,
     MapOutputReady,
     Message,
+    OffsetsLogged,
     PeerLost,
     RunTasks,
     Shutdown,
+    SinkFailed,
     SlotDone,
     SlotReady,
     StateCheckpoint,
@@ -67,7 +69,13 @@ SAMPLES: list[Message] = [
         slot_state=[5, 0],
         checkpoint=1,
     ),
-    BatchResult(group=3, jobs=[11, 12], parts=[0, 2], failed=[0, 1]),
+    BatchResult(
+        group=3,
+        jobs=[11, 12],
+        parts=[0, 2],
+        failed=[0, 1],
+        positions=[[11, 0, "0-0", "17-3"], [12, 1, [5, "a.log"], [9, "b.log"]]],
+    ),
     GroupDone(group=3, tasks=16, failed=1, busy_us=12345, pushed_blocks=4, pushed_bytes=999),
     Shutdown(),
     SlotReady(pid=4321),
@@ -94,6 +102,8 @@ SAMPLES: list[Message] = [
     PeerLost(peer="w2", reason="data link closed"),
     SlotDone(group=3, tasks=8, failed=0, busy_us=777, pushed_blocks=2, pushed_bytes=500),
     StateCheckpoint(group=3, slot=1, keys=[[7, 0], [7, 2]], batches=[41, 41]),
+    OffsetsLogged(stream="clicks", through=41),
+    SinkFailed(group=3),
 ]
 
 
@@ -170,6 +180,12 @@ _STRATEGIES["str | None"] = st.none() | _STRATEGIES["str"]
 _STRATEGIES["list[int]"] = st.lists(_STRATEGIES["int"], max_size=5)
 _STRATEGIES["list[list[int]]"] = st.lists(_STRATEGIES["list[int]"], max_size=4)
 _STRATEGIES["list[str]"] = st.lists(_STRATEGIES["str"], max_size=4)
+_JSON = st.recursive(
+    st.none() | st.booleans() | _STRATEGIES["int"] | _STRATEGIES["str"],
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=6,
+)
+_STRATEGIES["list[list[Any]]"] = st.lists(st.lists(_JSON, max_size=4), max_size=3)
 
 
 def _message_strategy(cls: type[Message]) -> st.SearchStrategy[Message]:

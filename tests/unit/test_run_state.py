@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from adrizzle.driver.adaptive import GroupDecision, GroupTiming
 from adrizzle.driver.checkpoint_files import Piece
+from adrizzle.driver.jobs import StatePolicy
 from adrizzle.driver.placement import GroupPlan, SlotRef, interleave_slots, place_partitions
 from adrizzle.driver.run_events import (
     Broken,
@@ -43,7 +44,7 @@ from adrizzle.driver.run_events import (
     WaitForWorkers,
     WorkerLost,
 )
-from adrizzle.driver.run_state import RunScheduler, StatePolicy
+from adrizzle.driver.run_state import RunScheduler
 from adrizzle.errors import (
     NoWorkersError,
     SerializationError,
