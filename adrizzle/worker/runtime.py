@@ -48,6 +48,7 @@ from adrizzle.wire.messages import (
     StateCheckpoint,
 )
 from adrizzle.worker.peers import PeerLinks
+from adrizzle.worker.retry import retrying
 from adrizzle.worker.slots import Slot, SlotPool, SlotStartError
 
 if TYPE_CHECKING:
@@ -74,6 +75,10 @@ def local_address_towards(host: str, port: int) -> str:
 
 class WorkerStartError(Exception):
     """The worker could not join the cluster (start its slots, connect or authenticate)."""
+
+
+class DriverUnreachable(WorkerStartError):
+    """The driver did not accept the connection (``--connect-retry`` retries this only)."""
 
 
 class _StoppedDuringStart(Exception):
@@ -111,7 +116,9 @@ class WorkerRuntime:
         data_advertise: str | None = None,
         max_connections_per_address: int = 64,
         tls: TlsConfig | None = None,
+        connect_retry: float = 0.0,
     ) -> None:
+        self.connect_retry = connect_retry  # seconds to keep dialing a driver not up yet
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.drain_timeout = drain_timeout
@@ -169,7 +176,7 @@ class WorkerRuntime:
             towards_driver = local_address_towards(self.host, self.port)
             host, port = self.data_listen or (towards_driver, 0)
             await self.peers.start(host, port, advertise_host=towards_driver)
-            await self._starting(self._connect())
+            await self._starting(retrying(self._connect, self.connect_retry, (DriverUnreachable,)))
             log.info(
                 "connected to driver %s as %s with %d cores (pid %d)",
                 self.driver_url,
@@ -299,7 +306,7 @@ class WorkerRuntime:
             ) from None
         except (OSError, TimeoutError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
-            raise WorkerStartError(
+            raise DriverUnreachable(
                 f"cannot connect to driver {self.driver_url}: {detail}"
             ) from None
         try:
