@@ -38,10 +38,17 @@ class SlurmCluster:
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self.daemons: list[subprocess.Popen[bytes]] = []
 
-    def run(self, *argv: str, check: bool = True, timeout: float = 30) -> str:
-        """A SLURM client command against this cluster; its stdout."""
+    def run(
+        self, *argv: str, check: bool = True, timeout: float = 30, env: dict[str, str] | None = None
+    ) -> str:
+        """A SLURM client command against this cluster (more ``env`` if given); its stdout."""
         done = subprocess.run(
-            argv, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+            argv,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr}")

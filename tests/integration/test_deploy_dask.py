@@ -15,8 +15,8 @@ import pytest
 
 import adrizzle
 from tests.conftest import adrizzle_processes, wait_gone
+from tests.deploy_tools import gone, require_module
 from tests.integration import deploy_check
-from tests.integration.deploy_tools import gone, require_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -2,7 +2,8 @@
 and munge, started by the fixture): the launcher check.
 
 - ``srun -n 3``: task 0 the driver program, tasks 1-2 workers (rendezvous file); exact results.
-- ``sbatch -n 3``: the driver in the batch step, each worker its own step; the program kills
+- ``sbatch workers/slurm/adrizzle.sbatch`` (the example batch script, ``-n 3``): the driver in
+  the batch step, each worker its own step; the program kills
   worker step 0 mid-stream with ``scancel --signal=KILL JOB.0`` (a loss: exact results after
   a recovery) or stops it with ``scancel --signal=TERM JOB.0`` (it drains, nothing to recover;
   a plain ``scancel JOB.0`` SIGKILLs a step at once).
@@ -24,14 +25,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import adrizzle_processes, wait_gone
+from tests.deploy_tools import missing, require_commands
 from tests.integration import deploy_check
-from tests.integration.deploy_tools import missing, require_commands
 from tests.integration.slurm_cluster import COMMANDS, SlurmCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 PROGRAM = str(Path(deploy_check.__file__))
 LAUNCHER = [sys.executable, "-m", "adrizzle.deploy.slurm"]
+SBATCH = Path(__file__).resolve().parents[2] / "workers" / "slurm" / "adrizzle.sbatch"
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +57,13 @@ def last_json(text: str) -> dict[str, object]:
     return result
 
 
-def submit(slurm: SlurmCluster, out: Path, command: list[str]) -> str:
+def submit(slurm: SlurmCluster, out: Path, program: list[str]) -> str:
+    """``sbatch workers/slurm/adrizzle.sbatch PROGRAM...``: the example script itself, its
+    #SBATCH lines overridden for a 2-CPU node (3 tasks of 1 CPU, overcommitted)."""
     job = slurm.run(
-        "sbatch", "--parsable", "-n", "3", "--overcommit", "--time=5",
-        f"--output={out}", f"--chdir={out.parent}", "--wrap", " ".join(command),
+        "sbatch", "--parsable", "-n", "3", "-c", "1", "--overcommit", "--time=5",
+        f"--output={out}", f"--chdir={out.parent}", str(SBATCH), *program,
+        env={"ADRIZZLE_PYTHON": sys.executable},
     )  # fmt: skip
     return job.strip().split(";")[0]
 
@@ -87,7 +92,7 @@ def test_sbatch_one_step_per_worker_survives_scancel_of_a_step(
     before = set(adrizzle_processes())
     out = tmp_path / "job.out"
     program = [PROGRAM, "--batches", "150", "--kill-step", "0", "--kill-at", "30"]
-    job = submit(slurm, out, [*LAUNCHER, *program, "--kill-signal", signal])
+    job = submit(slurm, out, [*program, "--kill-signal", signal])
     info = slurm.wait_job(job)
     text = out.read_text()
     assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), text
@@ -111,7 +116,7 @@ def test_sbatch_one_step_per_worker_survives_scancel_of_a_step(
 def test_scancel_of_the_job_stops_everything(slurm: SlurmCluster, tmp_path: Path) -> None:
     before = set(adrizzle_processes())
     out = tmp_path / "job.out"
-    job = submit(slurm, out, [*LAUNCHER, PROGRAM, "--batches", "100000"])  # ~30 min
+    job = submit(slurm, out, [PROGRAM, "--batches", "100000"])  # ~30 min
 
     def output() -> str:
         return out.read_text() if out.exists() else ""
