@@ -123,3 +123,13 @@ def _fails_then(failures: int, value: str) -> Callable[[], Awaitable[str]]:
         return value
 
     return attempt
+
+
+def test_workers_readme_lists_every_variable() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "workers" / "README.md").read_text()
+    for action in build_parser()._actions:
+        name = env_name(action)
+        if name is not None:
+            assert f"`{name}`" in readme, name
