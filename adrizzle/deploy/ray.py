@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 try:
     import ray
@@ -117,7 +117,7 @@ async def start_workers(
         await asyncio.wait_for(asyncio.gather(*map(constructed_pid, range(n))), timeout)
         await handle.wait_for(n, max(0.0, deadline - time.monotonic()))
     except TimeoutError:
-        free = ray.available_resources()  # type: ignore[no-untyped-call]
+        free = cast("Any", ray).available_resources()  # untyped in Ray
         await handle.close()
         raise NoWorkersError(
             f"Ray placed {len(constructed)} of {n} actors of {num_cpus:g} CPUs within "
