@@ -168,6 +168,18 @@ def rendezvous_file(args: argparse.Namespace, env: Mapping[str, str]) -> Path:
     return base / f"{env['SLURM_JOB_ID']}.{env['SLURM_STEP_ID']}.json"
 
 
+def exposed(path: Path) -> str | None:
+    """Why ``path`` cannot be trusted with the driver's address and token (someone else
+    owns it, or others may write it: they could point the workers at their own driver), or
+    None."""
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        return f"{path} belongs to uid {st.st_uid}, not to this job's user"
+    if st.st_mode & (0o077 if path.is_file() else 0o022):
+        return f"{path} has mode {st.st_mode & 0o777:o}: run chmod go-w (a file: chmod 600)"
+    return None
+
+
 def driver_task(args: argparse.Namespace, env: dict[str, str]) -> int:
     workers = int(env["SLURM_STEP_NUM_TASKS"]) - 1
     listen, driver = driver_endpoint(args)
@@ -178,6 +190,9 @@ def driver_task(args: argparse.Namespace, env: dict[str, str]) -> int:
     path = rendezvous_file(args, env)
     created = not path.parent.exists()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if problem := exposed(path.parent):
+        log.error("rendezvous directory refused: %s", problem)
+        return 2
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -207,6 +222,9 @@ def worker_task(args: argparse.Namespace, env: dict[str, str]) -> int:
                 log.error("no driver address in %s after %g s", path, args.connect_retry)
                 return 1
             time.sleep(0.1)
+    if problem := exposed(path.parent) or exposed(path):
+        log.error("rendezvous refused: %s", problem)
+        return 2
     token = record.get("token") or env.get(TOKEN_ENV)
     if not token:
         log.error("no token: neither %s nor the rendezvous file has one", TOKEN_ENV)

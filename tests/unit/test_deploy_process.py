@@ -139,8 +139,9 @@ def test_slurm_worker_task_reads_the_rendezvous_and_execs(
     env = {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "3",
            "SLURM_PROCID": "2", "SLURM_SUBMIT_DIR": str(tmp_path)}  # fmt: skip
     rendezvous = tmp_path / ".adrizzle" / "7.0.json"
-    rendezvous.parent.mkdir()
+    rendezvous.parent.mkdir(mode=0o700)
     rendezvous.write_text(json.dumps({"driver": "tcp://node0:5000", "token": "tok"}))
+    rendezvous.chmod(0o600)
     calls = []
     monkeypatch.setattr(os, "execve", lambda path, argv, env: calls.append((argv, env)))
     slurm.main(["--connect-retry", "1", "prog.py"], env)
@@ -150,3 +151,21 @@ def test_slurm_worker_task_reads_the_rendezvous_and_execs(
     assert (parsed.driver, parsed.name, parsed.cores) == ("tcp://node0:5000", "slurm-7.0-2", 1)
     assert child_env["ADRIZZLE_AUTH_TOKEN"] == "tok"
     assert "tok" not in argv
+
+
+def test_slurm_worker_task_refuses_a_rendezvous_others_may_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "3",
+           "SLURM_PROCID": "1", "SLURM_SUBMIT_DIR": str(tmp_path)}  # fmt: skip
+    rendezvous = tmp_path / ".adrizzle" / "7.0.json"
+    rendezvous.parent.mkdir(mode=0o700)
+    rendezvous.write_text(json.dumps({"driver": "tcp://evil:5000", "token": "theirs"}))
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("exec'ed an untrusted driver"))
+    rendezvous.chmod(0o644)
+    assert slurm.main(["--connect-retry", "1", "prog.py"], env) == 2
+    assert "chmod 600" in caplog.text
+    rendezvous.chmod(0o600)
+    rendezvous.parent.chmod(0o777)
+    assert slurm.main(["--connect-retry", "1", "prog.py"], env) == 2
+    assert "chmod go-w" in caplog.text
