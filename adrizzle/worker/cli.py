@@ -1,4 +1,9 @@
-"""``adrizzle-worker``: the command operators run on each host."""
+"""``adrizzle-worker``: the command operators run on each host.
+
+Every flag ``--foo-bar`` can also be given as the environment variable ``ADRIZZLE_FOO_BAR``
+(the driver address as ``ADRIZZLE_DRIVER``); a flag on the command line wins. Launchers and
+container manifests use that to configure workers without building command lines.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,18 @@ import logging
 import os
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 import orjson
 
 from adrizzle.wire import auth
 from adrizzle.wire.address import parse_address
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+ENV_PREFIX = "ADRIZZLE_"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
 class _JsonFormatter(logging.Formatter):
@@ -38,9 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Join an adrizzle cluster: dial the driver, authenticate with the cluster "
         "token, and run tasks in --cores slot processes.",
         epilog=f"The token comes from --token-file or ${auth.TOKEN_ENV}. Anyone holding it can "
-        "run code on this worker.",
+        "run code on this worker. Every flag --foo-bar may instead be set as the environment "
+        f"variable {ENV_PREFIX}FOO_BAR (shown in [brackets]); a flag given on the command line "
+        "wins. A switch's variable takes 1/true/yes/on or 0/false/no/off.",
     )
-    p.add_argument("driver", help="driver address, tcp://HOST:PORT (default port 7077)")
+    p.add_argument("driver", nargs="?", help="driver address, tcp://HOST:PORT (default port 7077)")
     p.add_argument(
         "--cores",
         type=int,
@@ -56,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="seconds to wait for the driver to accept (default 10)",
+    )
+    p.add_argument(
+        "--connect-retry",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep dialing a driver that does not answer yet for up to SECONDS (jittered "
+        "exponential back-off, 0.1 s doubling to 5 s); a refused token is never retried "
+        "(default 0: exit at once; the launchers in adrizzle.deploy turn it on)",
     )
     p.add_argument(
         "--start-timeout",
@@ -131,11 +154,61 @@ def build_parser() -> argparse.ArgumentParser:
         help="default info",
     )
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    for action in p._actions:
+        name = env_name(action)
+        if name is not None:
+            action.help = f"{action.help or ''} [{name}]".lstrip()
     return p
 
 
+def env_name(action: argparse.Action) -> str | None:
+    """``ADRIZZLE_FOO_BAR`` for ``--foo-bar`` (``ADRIZZLE_DRIVER`` for the positional)."""
+    if action.dest == "help":
+        return None
+    longs = [s for s in action.option_strings if s.startswith("--")]
+    flag = longs[0][2:] if longs else action.dest
+    return ENV_PREFIX + flag.replace("-", "_").upper()
+
+
+def apply_environment(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """Make each ``ADRIZZLE_*`` variable set in ``environ`` its flag's default (so a flag on
+    the command line still wins); a value the flag would refuse exits 2, naming the
+    variable."""
+    for action in parser._actions:
+        name = env_name(action)
+        if name is None or name not in environ:
+            continue
+        raw = environ[name]
+        flag = "/".join(action.option_strings) or action.dest
+        value: object = raw
+        if action.nargs == 0:  # a switch (store_true)
+            if raw.strip().lower() not in (*_TRUE, *_FALSE):
+                parser.error(f"{name}={raw!r}: {flag} is a switch: use 1 or 0")
+            value = raw.strip().lower() in _TRUE
+        elif action.type is not None:
+            try:
+                value = action.type(raw)  # type: ignore[operator]
+            except (TypeError, ValueError):
+                parser.error(f"{name}={raw!r}: not a valid value for {flag}")
+        if action.choices is not None and value not in action.choices:
+            parser.error(f"{name}={raw!r}: {flag} takes one of {', '.join(action.choices)}")
+        action.default = value
+
+
+def parse_args(
+    argv: list[str] | None = None, environ: Mapping[str, str] | None = None
+) -> argparse.Namespace:
+    """The worker's options: the command line over ``ADRIZZLE_*`` variables over defaults."""
+    parser = build_parser()
+    apply_environment(parser, os.environ if environ is None else environ)
+    args = parser.parse_args(argv)
+    if not args.driver:
+        parser.error(f"the driver address is required (tcp://HOST:PORT or ${ENV_PREFIX}DRIVER)")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     json_formatter = _JsonFormatter()
     if args.log_json:
@@ -176,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         if not seconds > 0:
             log.error("%s must be positive", flag)
             return 2
+    if not args.connect_retry >= 0:
+        log.error("--connect-retry must be 0 or more")
+        return 2
 
     from adrizzle.worker.config import WorkerConfig
     from adrizzle.worker.runtime import WorkerRuntime
@@ -199,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         handshake_timeout=args.handshake_timeout,
         max_connections_per_address=args.max_connections_per_address,
         tls=tls,
+        connect_retry=args.connect_retry,
     )
     runtime = WorkerRuntime(config)
     try:

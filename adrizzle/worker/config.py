@@ -23,6 +23,8 @@ class WorkerConfig:
         cores: slot processes to run tasks in.
         name: the worker id the driver shows (unique in the cluster).
         connect_timeout: seconds to wait for the driver to accept one connection attempt.
+        connect_retry: keep dialing a driver that is not up yet for this many seconds
+            (jittered exponential back-off; 0: fail at once).
         start_timeout: seconds the slots may take to start before the worker gives up.
         handshake_timeout: seconds a connection may take to authenticate (TLS included).
         max_frame_bytes: the largest frame accepted from the driver or a peer.
@@ -44,6 +46,7 @@ class WorkerConfig:
     cores: int
     name: str
     connect_timeout: float = 10.0
+    connect_retry: float = 0.0
     start_timeout: float = 60.0
     handshake_timeout: float = 5.0
     max_frame_bytes: int = 1 << 30

@@ -49,6 +49,7 @@ from adrizzle.wire.messages import (
     StateCheckpoint,
 )
 from adrizzle.worker.peers import PeerLinks
+from adrizzle.worker.retry import retrying
 from adrizzle.worker.slot_pool import Slot, SlotPool, SlotStartError
 
 if TYPE_CHECKING:
@@ -77,6 +78,10 @@ def local_address_towards(host: str, port: int) -> str:
 
 class WorkerStartError(Exception):
     """The worker could not join the cluster (start its slots, connect or authenticate)."""
+
+
+class DriverUnreachable(WorkerStartError):
+    """The driver did not accept the connection (``--connect-retry`` retries this only)."""
 
 
 class _StoppedDuringStart(Exception):
@@ -135,7 +140,9 @@ class WorkerRuntime:
             towards_driver = local_address_towards(self.config.host, self.config.port)
             host, port = self.config.data_listen or (towards_driver, 0)
             await self.peers.start(host, port, advertise_host=towards_driver)
-            await self._starting(self._connect())
+            await self._starting(
+                retrying(self._connect, self.config.connect_retry, (DriverUnreachable,))
+            )
             log.info(
                 "connected to driver %s as %s with %d cores (pid %d)",
                 self.driver_url,
@@ -267,7 +274,7 @@ class WorkerRuntime:
             ) from None
         except (OSError, TimeoutError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else "timed out"
-            raise WorkerStartError(
+            raise DriverUnreachable(
                 f"cannot connect to driver {self.driver_url}: {detail}"
             ) from None
         try:

@@ -439,6 +439,10 @@ class SlotProcess:
         return read.read(per_shuffle)
 
 
+def _ignore_signal(signum: int, frame: object) -> None:
+    pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adrizzle.worker.slot_process")
     parser.add_argument("fd", type=int)
@@ -447,6 +451,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Ctrl-C reaches the whole process group; the worker decides when its slots stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # So does SIGTERM from managers that signal every process of a job or unit (SLURM's
+    # scancel, systemd's stop): it must drain the worker, not kill the slots under it. A
+    # handler, not SIG_IGN, so that programs a task starts get the default back at exec.
+    signal.signal(signal.SIGTERM, _ignore_signal)
     sock = socket.socket(fileno=args.fd)
     try:
         SlotProcess(sock, args.shuffle_timeout, args.max_block_bytes).serve()

@@ -35,6 +35,11 @@ ALLOWED: dict[str, set[str]] = {
 LEAVES = {"errors", "version"}  # any layer may import these
 
 
+SUBMODULES = {
+    p.stem for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()
+}
+
+
 def part_of(module: str) -> str:
     """``adrizzle.driver.cluster`` -> ``driver``; ``adrizzle`` -> ``root``."""
     parts = module.split(".")
@@ -48,8 +53,11 @@ def imports_of(path: Path) -> list[tuple[int, str]]:
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module == "adrizzle":  # from adrizzle import errors, X
-                found += [(node.lineno, f"adrizzle.{a.name}") for a in node.names]
+            if node.module == "adrizzle":  # from adrizzle import errors (a module), Engine (root)
+                found += [
+                    (node.lineno, f"adrizzle.{a.name}" if a.name in SUBMODULES else "adrizzle")
+                    for a in node.names
+                ]
             else:
                 found.append((node.lineno, node.module))
         elif isinstance(node, ast.ImportFrom) and node.level:
