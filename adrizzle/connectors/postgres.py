@@ -51,7 +51,8 @@ class PostgresSink:
     Each record is a tuple (or list) with one value per name in ``columns``; it becomes one row
     (psycopg adapts the values: int, float, str, bytes, datetime, Decimal, dict for json, ...).
     ``write(batch, rows)`` runs one transaction: make sure the progress row
-    ``(stream, partition)`` of ``progress_table`` exists, lock it (``SELECT ... FOR UPDATE``),
+    ``("STREAM@TABLE", partition)`` of ``progress_table`` exists (progress says what is in this
+    table: the same stream name sinking into two tables keeps two progresses), lock it (``SELECT ... FOR UPDATE``),
     and if its ``last_batch`` is ``batch`` or later, write nothing (False); else ``COPY`` the
     rows into the table, set ``last_batch = batch``, commit. The progress table
     (``adrizzle_sink_progress (stream text, partition int, last_batch bigint)``, primary key
@@ -92,6 +93,9 @@ class PostgresSinkWriter:
         self.sink = sink
         self.stream = stream
         self.partition = partition
+        # Progress says what is in *this* table: two sinks of one stream name into two
+        # tables must not skip each other's batches.
+        self._key = (f"{stream}@{sink.table}", partition)
         self._conn: psycopg.Connection[Any] | None = None
         self._progress_ready = False
         table = _identifier(sink.table)
@@ -137,14 +141,18 @@ class PostgresSinkWriter:
         try:
             with conn.transaction():
                 conn.execute(self._create_progress)
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+        except (
+            psycopg.errors.UniqueViolation,
+            psycopg.errors.DuplicateTable,
+            psycopg.errors.DuplicateObject,  # the table's row type, created by the other one
+        ):
             pass  # another writer created it at the same moment: IF NOT EXISTS is not atomic
 
     def committed(self) -> int | None:
         try:
             conn = self._connection()
             with conn.transaction():
-                row = conn.execute(self._select_row, (self.stream, self.partition)).fetchone()
+                row = conn.execute(self._select_row, self._key).fetchone()
         except psycopg.Error as exc:
             self._drop_broken()
             raise self._error(f"cannot read progress: {describe(exc)}", None) from exc
@@ -155,7 +163,7 @@ class PostgresSinkWriter:
         try:
             conn = self._connection()
             with conn.transaction():
-                key = (self.stream, self.partition)
+                key = self._key
                 conn.execute(self._ensure_row, key)
                 row = conn.execute(self._lock_row, key).fetchone()
                 assert row is not None

@@ -200,10 +200,12 @@ class RunExecution:
                     offsets.on_complete(ends)
         elif type(ins) is Rollback:
             st = self.stateful
-            assert st is not None
-            st.checkpoints.invalidate(st.expected)
-            st.restore = None
-            log.warning("%s: rolling back stream state to its last checkpoint", ins.reason)
+            if st is not None:
+                st.checkpoints.invalidate(st.expected)
+                st.restore = None
+                log.warning("%s: rolling back stream state to its last checkpoint", ins.reason)
+            else:  # a connector stream without state: replay from its last completed batch
+                log.warning("%s: rolling back to the last completed micro-batch", ins.reason)
         elif type(ins) is WaitForWorkers:
             self._watch_starved(ins.timeout)
         elif type(ins) is Observed:

@@ -359,6 +359,9 @@ class SlotProcess:
             if sink is None:
                 return value
             self.sinks.stage(group, sink, sink.first_batch + job, p, value)
+            # A replayed batch may be covered by an offsets_logged that came before it was
+            # staged: commit what the watermark covers now, not at the next notice.
+            self.sink_failures(self.sinks.commit_ready())
             return []  # the output went to the sink, not to the driver
         except UpstreamFailure as exc:
             return exc.failure

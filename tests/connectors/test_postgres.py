@@ -57,7 +57,7 @@ def test_writes_a_batch_once_with_its_progress(
     assert rows(db, table) == [("a", 0, 3), ("b", 0, 4)]
     progress = db.execute(
         "SELECT last_batch FROM adrizzle_sink_progress WHERE stream = %s AND partition = 2",
-        (stream,),
+        (f"{stream}@{table}",),  # progress is kept per stream and table
     ).fetchone()
     assert progress == (1,)
     other = sink.writer(stream, 2)  # another slot after a failure: sees the same progress
