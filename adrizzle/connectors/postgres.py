@@ -51,8 +51,9 @@ class PostgresSink:
     Each record is a tuple (or list) with one value per name in ``columns``; it becomes one row
     (psycopg adapts the values: int, float, str, bytes, datetime, Decimal, dict for json, ...).
     ``write(batch, rows)`` runs one transaction: make sure the progress row
-    ``("STREAM@TABLE", partition)`` of ``progress_table`` exists (progress says what is in this
-    table: the same stream name sinking into two tables keeps two progresses), lock it (``SELECT ... FOR UPDATE``),
+    ``("STREAM@TABLE", partition)`` of ``progress_table`` exists (progress says what is in
+    this table: one stream name sinking into two tables keeps two progresses), lock it
+    (``SELECT ... FOR UPDATE``),
     and if its ``last_batch`` is ``batch`` or later, write nothing (False); else ``COPY`` the
     rows into the table, set ``last_batch = batch``, commit. The progress table
     (``adrizzle_sink_progress (stream text, partition int, last_batch bigint)``, primary key
