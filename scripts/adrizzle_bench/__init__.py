@@ -3,7 +3,8 @@
 - ``harness``: environment, percentiles, timing, memory, plots and the results files;
 - ``cli``: the command line (``scripts/bench.py`` and ``python -m adrizzle_bench``);
 - one module per sub-command: ``single_stage``, ``shuffle``, ``recovery``, ``streaming``,
-  ``scaling``, ``peers``, ``checkpoint_cost``;
+  ``scaling``, ``peers``, ``checkpoint_cost``, ``soak`` (its verdict and report in
+  ``soak_report``);
 - what they share: ``ysb_workload`` (YSB; examples/ysb.py runs it too), ``peer_engines`` (Dask,
   Ray and PySpark on the same workloads), ``floor`` (the hand-written group-scheduled loop).
 

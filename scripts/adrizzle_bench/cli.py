@@ -5,7 +5,7 @@
 Every number is measured side by side in one run on this machine. Each sub-command prints its
 markdown (the machine line, then its tables), writes it to bench-results/NAME.md and
 reassembles bench-results/RESULTS.md from every NAME.md there. ``--json`` prints one JSON
-object at the end instead. ``all`` runs every sub-command.
+object at the end instead. ``all`` runs every sub-command but ``soak`` (a long run of its own).
 Percentiles are linear between the closest ranks (numpy's default) everywhere.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -27,12 +28,13 @@ from adrizzle_bench import (
     scaling,
     shuffle,
     single_stage,
+    soak,
     streaming,
 )
 
 Bench = Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]]
 
-# name -> (the benchmark, what it measures); ``all`` runs them in this order.
+# name -> (the benchmark, what it measures); ``all`` runs them in this order, but soak.
 BENCHES: dict[str, tuple[Bench, str]] = {
     "single-stage": (
         single_stage.bench_single_stage,
@@ -62,8 +64,12 @@ BENCHES: dict[str, tuple[Bench, str]] = {
         checkpoint_cost.bench_checkpoint_cost,
         "what checkpointing stream state at every group costs",
     ),
+    "soak": (
+        soak.bench_soak,
+        "fresh engines and a long stateful stream under busy loops and worker SIGKILLs",
+    ),
 }
-NOT_IN_ALL: tuple[str, ...] = ()
+NOT_IN_ALL = ("soak",)
 DEFAULT_REPEATS = {"checkpoint-cost": checkpoint_cost.DEFAULT_REPEATS}
 
 
@@ -71,7 +77,7 @@ def make_parser() -> argparse.ArgumentParser:
     listing = "\n".join(f"  {name:<16} {what}" for name, (_run, what) in BENCHES.items())
     parser = argparse.ArgumentParser(
         prog="bench.py",
-        description=f"{__doc__}\nsub-commands:\n{listing}\n  {'all':<16} all of them",
+        description=f"{__doc__}\nsub-commands:\n{listing}\n  {'all':<16} all of them but soak",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("bench", choices=[*BENCHES, "all"], help="what to run (see above)")
@@ -94,6 +100,12 @@ def make_parser() -> argparse.ArgumentParser:
     ysb.add_argument("--start-rate", type=int, help="first events/s tried (default 1000)")
     ysb.add_argument("--max-rate", type=int, help="highest events/s tried (default 512000)")
     ysb.add_argument("--bisect", type=int, help="bisection steps per size (default 1)")
+    long_run = parser.add_argument_group("soak")
+    long_run.add_argument("--minutes", type=float, help="how long (default 10; --quick: 1)")
+    long_run.add_argument("--engines", type=int, help="fresh engines (default 20; --quick: 4)")
+    long_run.add_argument(
+        "--kill-every", type=float, help="seconds between worker kills (default 30; --quick: 15)"
+    )
     return parser
 
 
@@ -122,3 +134,5 @@ def main(argv: Sequence[str] | None = None) -> None:
             bar.update()
     if args.json:
         print(json.dumps(summary))
+    if any(r.get("passed") is False for r in summary["results"]):
+        sys.exit(1)  # a run with a verdict (soak) failed it

@@ -56,6 +56,7 @@ ORDER = (
     "recovery",
     "scaling",
     "checkpoint-cost",
+    "soak",
 )
 LOCAL_PACKAGES = ("adrizzle", "uvloop", "cloudpickle", "matplotlib")
 PLOTS_SKIPPED = "(plots skipped: matplotlib is not installed; it comes with the bench extra)"
@@ -278,7 +279,7 @@ def write_results(directory: Path, current: Mapping[str, str] | None = None) -> 
         "Every number below was measured on the machine described here; each ratio compares "
         "rows of one run. Each section's first line says where and when it was measured.",
         "Reproduce with `python scripts/bench.py all` (peers need `pip install -e '.[bench]'` "
-        "and, for PySpark, a Java runtime).",
+        "and, for PySpark, a Java runtime); `python scripts/bench.py soak` runs on its own.",
         PERCENTILE_NOTE,
         "",
         *environment(),

@@ -79,7 +79,7 @@ def test_rss_counts_a_process_and_its_children_and_growth_is_relative() -> None:
         assert alone > 1 << 20
         assert theirs > 1 << 20
         assert both == pytest.approx(alone + theirs, rel=0.05)
-        workers = [{"pid": child.pid}, {"pid": None}]
+        workers: list[dict[str, int | None]] = [{"pid": child.pid}, {"pid": None}]
         assert harness.workers_rss_bytes(workers) == pytest.approx(theirs, rel=0.05)
     finally:
         child.kill()
