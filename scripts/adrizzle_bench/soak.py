@@ -256,19 +256,31 @@ async def kill_workers(
         note_pids(rec, engine.workers)
 
 
-def measure_rss(rec: Record, engine: adrizzle.Engine, when: str) -> None:
-    """RSS of the driver and of the workers with their slots, and the driver's live Python
+def measure_rss(rec: Record, engine: adrizzle.Engine, when: str, at_s: float) -> None:
+    """RSS of the driver and of the workers with their slots ``at_s`` seconds into the run
+    (``when``: "start", "end" or "during"), and at the start and end the driver's live Python
     blocks (flat blocks under a growing RSS: the allocator keeps freed memory, no object leaks)."""
     gc.collect()
-    rec.python_blocks[when] = sys.getallocatedblocks()
     workers = [w for w in engine.workers if w.get("pid")]
     note_pids(rec, workers)
     driver = harness.rss_bytes(os.getpid(), children=False) or 0
+    cluster = harness.workers_rss_bytes(workers)
+    rec.rss_timeline.append((round(at_s, 1), driver, cluster))
+    if when == "during":
+        return
+    rec.python_blocks[when] = sys.getallocatedblocks()
     rec.rss.setdefault("driver", {})[when] = driver
-    rec.rss.setdefault("workers", {})[when] = harness.workers_rss_bytes(workers)
+    rec.rss.setdefault("workers", {})[when] = cluster
     counts = list(rec.workers_measured)
     counts[0 if when == "start" else 1] = len(workers)
     rec.workers_measured = (counts[0], counts[1])
+
+
+async def sample_rss(rec: Record, engine: adrizzle.Engine, start: float, deadline: float) -> None:
+    """RSS nine times between the start and the deadline: the shape of any growth."""
+    for i in range(1, 10):
+        await asyncio.sleep(max(0.0, start + i * (deadline - start) / 10 - time.monotonic()))
+        measure_rss(rec, engine, "during", time.monotonic() - start)
 
 
 async def soak(rec: Record) -> None:
@@ -285,16 +297,17 @@ async def soak(rec: Record) -> None:
         now = time.monotonic()
         await fresh_engines(rec, range(1, 2) if rec.engines else range(0), now, now)
         await engine.wait_settled()
-        measure_rss(rec, engine, "start")
+        measure_rss(rec, engine, "start", 0.0)
         start = time.monotonic()
         deadline = start + rec.minutes * 60
         await asyncio.gather(
             stream_chunks(rec, totals, check, deadline),
             kill_workers(rec, engine, deadline, rng),
             fresh_engines(rec, range(2, rec.engines + 1), start, deadline),
+            sample_rss(rec, engine, start, deadline),
         )
         await engine.wait_settled()
-        measure_rss(rec, engine, "end")
+        measure_rss(rec, engine, "end", time.monotonic() - start)
         rec.recoveries = engine.statistics()["recoveries"]
     for t, msg in rec.warnings:
         if "no progress" in msg:

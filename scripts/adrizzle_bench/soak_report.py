@@ -45,6 +45,7 @@ class Record:
     warnings: list[tuple[float, str]] = dataclasses.field(default_factory=list)
     rss: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     python_blocks: dict[str, int] = dataclasses.field(default_factory=dict)
+    rss_timeline: list[tuple[float, int, int]] = dataclasses.field(default_factory=list)
     workers_measured: tuple[int, int] = (0, 0)
     load: tuple[float, float] = (0.0, 0.0)
     busy: int = 0
@@ -108,6 +109,7 @@ def summarize(rec: Record) -> dict[str, Any]:
         "rss_ok": rss_ok,
         "shape": dict(rec.shape),
         "driver_python_blocks": rec.python_blocks,
+        "rss_timeline": [(t, d / 2**20, w / 2**20) for t, d, w in rec.rss_timeline],
         "workers_measured": list(rec.workers_measured),
         "busy_loops": rec.busy,
         "load": list(rec.load),
@@ -179,6 +181,12 @@ def render(s: Mapping[str, Any]) -> list[str]:
         f"Verdict: {'**pass**' if s['passed'] else '**FAIL**'} (every fresh engine ran, "
         f"no stall, exact, RSS growth under {RSS_LIMIT_PERCENT:g} %).",
     ]
+    if s["rss_timeline"]:
+        lines += [
+            "",
+            "RSS across the run (seconds after the start: driver / workers MiB): "
+            + "; ".join(f"{t:g}: {d:.1f} / {w:.1f}" for t, d, w in s["rss_timeline"]),
+        ]
     blocks = s["driver_python_blocks"]
     if blocks.get("start") and "end" in blocks:
         lines += [

@@ -69,6 +69,7 @@ def record(**changes: object) -> soak_report.Record:
     }
     rec.workers_measured = (3, 3)
     rec.python_blocks = {"start": 100_000, "end": 101_000}
+    rec.rss_timeline = [(0.0, 80 * mib, 150 * mib), (60.0, 82 * mib, 149 * mib)]
     rec.busy, rec.load = 3, (1.5, 4.25)
     for key, value in changes.items():
         setattr(rec, key, value)
@@ -88,6 +89,7 @@ def test_a_clean_soak_passes_and_says_so_in_markdown() -> None:
     assert "local-1, local-3" in text
     assert "Verdict: **pass**" in text
     assert "100000 -> 101000 (+1.0 %)" in text
+    assert "driver / workers MiB): 0: 80.0 / 150.0; 60: 82.0 / 149.0" in text
     assert "- machine:" in text
 
 
