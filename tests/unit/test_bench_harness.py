@@ -3,8 +3,10 @@ timing, memory, the driver's warnings and the results files every sub-command wr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -60,34 +62,49 @@ def test_timed_measures_wall_and_this_process_cpu() -> None:
     assert busy.cpu >= 0.025  # spinning is CPU (half of it, on a machine shared with others)
 
 
+# A parent process with one child of its own (the child ends when its parent's pipe closes).
+PARENT = """
+import subprocess, sys
+child = subprocess.Popen(
+    [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+)
+child.stdout.readline()
+print(child.pid, flush=True)
+sys.stdin.read()
+"""
+
+
 def test_rss_counts_a_process_and_its_children_and_growth_is_relative() -> None:
-    child = subprocess.Popen(
-        [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(30)"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
+    child_pid = None
     try:
-        assert child.stdout is not None
-        assert child.stdout.readline() == "ready\n"  # its interpreter is up and resident
-        both = harness.rss_bytes(os.getpid())
-        alone = harness.rss_bytes(os.getpid(), children=False)
-        theirs = harness.rss_bytes(child.pid)
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())  # both interpreters are up and resident
+        both = harness.rss_bytes(parent.pid)
+        alone = harness.rss_bytes(parent.pid, children=False)
+        theirs = harness.rss_bytes(child_pid)
         assert both is not None
         assert alone is not None
         assert theirs is not None
         assert alone > 1 << 20
         assert theirs > 1 << 20
         assert both == pytest.approx(alone + theirs, rel=0.05)
-        workers: list[dict[str, int | None]] = [{"pid": child.pid}, {"pid": None}]
-        assert harness.workers_rss_bytes(workers) == pytest.approx(theirs, rel=0.05)
+        workers: list[dict[str, int | None]] = [{"pid": parent.pid}, {"pid": None}]
+        assert harness.workers_rss_bytes(workers) == pytest.approx(both, rel=0.05)
     finally:
-        child.kill()
-        child.wait(timeout=10)
-        if child.stdout is not None:
-            child.stdout.close()
-    assert harness.rss_bytes(child.pid) is None  # gone: no number, not a crash
-    assert harness.workers_rss_bytes([{"pid": child.pid}]) == 0
+        if child_pid is not None:  # first: while its parent lives, its pid cannot be recycled
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child_pid, signal.SIGKILL)
+        parent.kill()
+        parent.wait(timeout=10)
+        for stream in (parent.stdin, parent.stdout):
+            if stream is not None:
+                stream.close()
+    assert harness.rss_bytes(parent.pid) is None  # gone: no number, not a crash
+    assert harness.workers_rss_bytes([{"pid": parent.pid}]) == 0
     assert harness.growth_percent(100, 110) == pytest.approx(10.0)
     assert harness.growth_percent(200, 150) == pytest.approx(-25.0)
     with pytest.raises(ValueError, match="must be > 0"):
