@@ -8,17 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import sys
 import venv
 from pathlib import Path
 
 import pytest
 
 import adrizzle
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import bench_peers
-import peer_engines as pe
+from adrizzle_bench import peer_engines as pe
+from adrizzle_bench import peers as bench_peers
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

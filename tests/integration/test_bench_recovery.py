@@ -4,15 +4,10 @@ A few dozen 10 ms batches per run; no timing is asserted (the benchmark reports 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 import adrizzle
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import bench_recovery as br
+from adrizzle_bench import recovery as br
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -8,6 +8,7 @@ process.
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 
@@ -21,7 +22,8 @@ from tests.integration import deploy_check
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 distributed = require_module("distributed", "dask")
-from adrizzle.deploy.dask import start_workers  # noqa: E402
+# Imported once the check above has passed (it needs the optional extra).
+start_workers = importlib.import_module("adrizzle.deploy.dask").start_workers
 
 BATCHES = 150  # 3 s of 20 ms batches
 

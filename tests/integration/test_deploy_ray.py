@@ -8,6 +8,7 @@ to start on 2 cores.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 
 import pytest
@@ -21,7 +22,8 @@ from tests.integration import deploy_check
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 ray = require_module("ray", "ray")
-from adrizzle.deploy.ray import start_workers  # noqa: E402
+# Imported once the check above has passed (it needs the optional extra).
+start_workers = importlib.import_module("adrizzle.deploy.ray").start_workers
 
 BATCHES = 150  # 3 s of 20 ms batches
 

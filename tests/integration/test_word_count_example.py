@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "word_count.py"
-sys.path.insert(0, str(EXAMPLE.parent))
-from word_count import expected_counts  # noqa: E402
+
+
+def load_example(path: Path) -> ModuleType:
+    """The example file as a module, loaded from its path: examples are standalone scripts
+    (not a package), and this is the very file the subprocess runs."""
+    spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+expected_counts = load_example(EXAMPLE).expected_counts
 
 
 @pytest.mark.parametrize(("group_size", "mode"), [(4, []), (1, ["--bsp"])])

@@ -4,14 +4,13 @@ tests/integration/test_bench_recovery.py)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import bench_recovery as br
+from adrizzle_bench import harness
+from adrizzle_bench import recovery as br
 
 INTERVAL = 0.01
 T0 = 1_000_000.0
@@ -127,7 +126,7 @@ def test_table_and_plot(tmp_path: Path) -> None:
     assert lines[2].startswith("| running sum | 10 | 400/400 | 3.0 / 3.0 |")
     assert "| yes |" in lines[2]
     png = br.plot(rows, tmp_path / "recovery.png")
-    if br.bench_report.have_matplotlib():
+    if harness.have_matplotlib():
         assert png is not None
         assert png.stat().st_size > 10_000
     else:

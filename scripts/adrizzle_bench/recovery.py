@@ -1,4 +1,6 @@
-"""scripts/bench.py recovery: SIGKILL a worker mid-stream, measure how fast latency recovers.
+"""``bench.py recovery``: SIGKILL a worker mid-stream, measure how fast latency recovers.
+
+    python scripts/bench.py recovery [--quick] [--json]
 
 Two stateful streams, each on a fresh engine with 3 local workers (1 core each), once per group
 size (1, 10 and auto); at a fixed micro-batch one worker is SIGKILLed:
@@ -7,9 +9,10 @@ size (1, 10 and auto); at a fixed micro-batch one worker is SIGKILLed:
   at 10 ms, ``map(("sum", x))`` -> ``update_state`` keeping the total in the slot's state
   store. The victim is the worker that owns the state's partition. After every batch the total
   must equal the exact prefix sum, so a batch lost or applied twice shows at once;
-- YSB: examples/ysb.py's pipeline (parse -> views -> project -> join -> 10 s event-time window
-  counts per campaign, at its defaults: 10 ms batches, 10,000 events/s), the kill through its
-  ``on_batch`` hook; every window count is checked against plain Python (``--check``).
+- YSB: ``ysb_workload``'s pipeline, as examples/ysb.py runs it (parse -> views -> project ->
+  join -> 10 s event-time window counts per campaign, at its defaults: 10 ms batches, 10,000
+  events/s), the kill through its ``on_batch`` hook; every window count is checked against
+  plain Python (``--check``).
 
 Per batch we record its latency (``StreamBatch.latency``: output at the driver minus the end of
 the batch's interval; the stream is paced, so a batch cannot run before its data exists) and
@@ -29,7 +32,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import logging
 import math
 import operator
 import os
@@ -42,20 +44,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
-
 import adrizzle
-from adrizzle.errors import AdrizzleError
-from adrizzle.plan.partitioning import partition_of
-
-SCRIPTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(SCRIPTS))
-sys.path.insert(0, str(SCRIPTS.parent / "examples"))
-import bench_report  # noqa: E402
-import ysb  # noqa: E402
-
-# Imported by scripts/bench.py as a module the workers cannot import: ship by value.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+from adrizzle.plan.partitioning import partition_of  # internal: which partition holds a key
+from adrizzle_bench import harness, ysb_workload
 
 WORKERS = 3
 PARTITIONS = 4
@@ -150,28 +141,6 @@ class Recorder:
             trace.kill_time = time.time()
 
 
-class DriverLog(logging.Handler):
-    """Collects the driver's warnings (a worker lost, groups re-run) with their times."""
-
-    def __init__(self, into: list[tuple[float, str]]) -> None:
-        super().__init__(logging.WARNING)
-        self.into = into
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.into.append((record.created, record.getMessage()))
-
-
-@contextlib.contextmanager
-def watching_driver(trace: Trace) -> Iterator[None]:
-    logger = logging.getLogger("adrizzle")
-    handler = DriverLog(trace.log)
-    logger.addHandler(handler)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-
-
 async def warm_up(engine: adrizzle.Engine) -> None:
     """Ship code and dial the shuffle connections before the measured stream starts."""
     data = engine.generate(functools.partial(numbers, 10, 0), PARTITIONS)
@@ -193,7 +162,7 @@ async def running_sum_run(
     trace = Trace("running sum", group_size, batches, interval, kill_batch)
     trace.load = (os.getloadavg()[0], 0.0)
     victim = partition_of(SUM_KEY, PARTITIONS) % WORKERS  # see scheduler.place_partitions
-    with watching_driver(trace), failures_reported(trace):
+    with harness.driver_warnings(trace.log), failures_reported(trace):
         async with adrizzle.Engine.local(workers=WORKERS, cores=1) as engine:
             await warm_up(engine)
             stream = engine.stream(
@@ -227,18 +196,17 @@ async def ysb_run(
     interval: float = 0.01,
     window: float = 10.0,
 ) -> Trace:
-    """One YSB run (examples/ysb.py) on a fresh 3-worker engine, worker 1 killed halfway
+    """One YSB run (``ysb_workload``) on a fresh 3-worker engine, worker 1 killed halfway
     through; every window count checked against plain Python."""
     batches = max(1, round(seconds / interval))
     trace = Trace("YSB", group_size, batches, interval, batches // 2 if kill else None)
     trace.load = (os.getloadavg()[0], 0.0)
-    ysb.let_local_workers_import_this_module()
-    with watching_driver(trace), failures_reported(trace):
+    with harness.driver_warnings(trace.log), failures_reported(trace):
         async with adrizzle.Engine.local(workers=WORKERS, cores=1) as engine:
-            await ysb.run_ysb(engine, seconds=0.5, rate=1000, group_size=10, window=0.5)
+            await ysb_workload.run_ysb(engine, seconds=0.5, rate=1000, group_size=10, window=0.5)
             await engine.wait_settled(30.0)
             try:
-                summary = await ysb.run_ysb(
+                summary = await ysb_workload.run_ysb(
                     engine,
                     seconds=seconds,
                     rate=rate,
@@ -267,7 +235,7 @@ def failures_reported(trace: Trace) -> Iterator[None]:
     """A run the engine fails (a task error, a timeout) is a row saying so, not a crash."""
     try:
         yield
-    except AdrizzleError as exc:
+    except adrizzle.errors.AdrizzleError as exc:
         trace.problems.insert(
             0, f"the run failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
         )
@@ -283,11 +251,6 @@ def finish(trace: Trace) -> None:
 
 
 # -- what a run says ----------------------------------------------------------------------
-
-
-def _p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
 
 def rolling_median(values: list[float], width: int) -> list[float]:
@@ -346,7 +309,7 @@ def summarize(trace: Trace) -> dict[str, Any]:
     worst = max(span, key=lambda i: lat[i], default=None)
     row.update(
         normal_ms=normal * 1e3,
-        p99_before_ms=_p99(before) * 1e3,
+        p99_before_ms=harness.percentile(before, 99) * 1e3,
         worst_ms=None if worst is None else lat[worst] * 1e3,
         worst_at_s=None if worst is None else done[worst] - trace.kill_time,
         worst_after_ms=max(lat[k + 1 :]) * 1e3 if len(lat) > k + 1 else None,
@@ -366,7 +329,7 @@ def summarize(trace: Trace) -> dict[str, Any]:
         during_batches=len(during),
         during_over=sum(1 for x in during if x > limit),
         p50_after_ms=statistics.median(after) * 1e3,
-        p99_after_ms=_p99(after) * 1e3,
+        p99_after_ms=harness.percentile(after, 99) * 1e3,
         later_over=sum(1 for x in after if x > limit),
     )
     return row
@@ -403,55 +366,34 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _tick_label(value: float, _position: float) -> str:
-    """Log-axis labels as plain numbers, on 1, 2 and 5 of each decade only."""
-    digit = f"{value:.0e}"[0]
-    return f"{value:g}" if digit in "125" else ""
-
-
 def plot(rows: list[dict[str, Any]], path: Path) -> Path | None:
     """Per-batch latency vs time since the kill, one panel per workload, one line per group
     size, the kill and each run's "back within 2x" marked. None without matplotlib."""
-    if not bench_report.have_matplotlib():
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    workloads = list(dict.fromkeys(r["workload"] for r in rows))
-    fig, axes = plt.subplots(len(workloads), 1, figsize=(10, 3.6 * len(workloads)), dpi=110)
-    axes = list(axes) if len(workloads) > 1 else [axes]
-    for ax, workload in zip(axes, workloads, strict=True):
+    panels = []
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        series = []
         for r in (r for r in rows if r["workload"] == workload):
             back = r.get("recovery_s")
             label = f"group size {r['group_size']}" + (
                 f" (back within 2x {back:.2f} s after the kill)" if back is not None else ""
             )
             smooth = rolling_median(r["latency_ms"], SMOOTH)
-            (line,) = ax.plot(r["t"], smooth, linewidth=1.0, label=label)
-            ax.plot(r["t"], r["latency_ms"], linewidth=0.5, alpha=0.3, color=line.get_color())
-            if back is not None:
-                i = r["recovered_index"]
-                ax.plot([r["t"][i]], [smooth[i]], "o", color=line.get_color(), markersize=6)
-        ax.axvline(0.0, color="red", linestyle="--", linewidth=1, label="worker SIGKILLed")
-        ax.set_yscale("log")
-        for axis_ticks in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
-            axis_ticks(FuncFormatter(_tick_label))
-        ax.set_ylabel(f"batch latency ms (median of {SMOOTH}; faint: each batch)")
-        ax.set_title(
-            f"{workload}: 3 local workers, one SIGKILLed mid-stream (dot: back within 2x normal)",
-            fontsize=10,
+            mark = r["recovered_index"] if back is not None else None
+            series.append(harness.Series(label, r["t"], smooth, r["latency_ms"], mark))
+        panels.append(
+            harness.Panel(
+                f"{workload}: 3 local workers, one SIGKILLed mid-stream "
+                "(dot: back within 2x normal)",
+                series,
+            )
         )
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left", framealpha=0.9)
-    axes[-1].set_xlabel("seconds since the kill (latency: output at the driver - interval end)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return harness.plot_timeline(
+        path,
+        panels,
+        xlabel="seconds since the kill (latency: output at the driver - interval end)",
+        ylabel=f"batch latency ms (median of {SMOOTH}; faint: each batch)",
+        event="worker SIGKILLed",
+    )
 
 
 def _progress(row: dict[str, Any]) -> None:
@@ -468,7 +410,7 @@ def _progress(row: dict[str, Any]) -> None:
 
 async def bench_recovery(args: argparse.Namespace) -> dict[str, Any]:
     quick = bool(getattr(args, "quick", False))
-    results_dir = Path(getattr(args, "results_dir", None) or bench_report.DEFAULT_RESULTS)
+    results_dir = harness.results_dir(args)
     modes = tuple(getattr(args, "recovery_modes", None) or MODES)
     sum_batches = 600 if quick else 2000  # of 10 ms: 6 s / 20 s
     # YSB at its defaults (10,000 events/s, 10 s windows, 30 s); quick: scaled down.
@@ -519,17 +461,8 @@ async def bench_recovery(args: argparse.Namespace) -> dict[str, Any]:
         f"Target (back within {TARGET_S:g} s of the detection, exact): "
         f"{sum(targets)} of {len(rows)} runs.",
     ]
-    if png is not None:
-        lines += ["", f"![per-batch latency around the failure]({png.name})"]
-    else:
-        lines += ["", "(plot skipped: matplotlib is not installed; it comes with the bench extra)"]
-    bench_report.save_section(results_dir, "recovery", "\n".join(lines) + "\n")
+    lines += ["", *harness.plot_links([png] if png else [], "per-batch latency around the failure")]
+    harness.save_section(results_dir, "recovery", lines)
     for r in rows:
         del r["t"], r["latency_ms"]
     return {"name": "recovery", "rows": rows, "targets_met": sum(targets), "lines": lines}
-
-
-if __name__ == "__main__":  # pragma: no cover - run through scripts/bench.py
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    print("\n".join(adrizzle.run(bench_recovery(parser.parse_args()))["lines"]))

@@ -1,11 +1,12 @@
 """The peer engines (Dask distributed, Ray, PySpark) running the benchmark workloads.
 
-Standalone on purpose: it imports neither adrizzle nor anything outside the standard library at
-module level, so it runs under any interpreter that has the peers installed (for example a
-separate venv, ``bench.py peers --peer-python PATH``). ``bench_peers`` runs each engine in its
-own child process:
+Standalone on purpose: at module level it imports only the standard library and
+``adrizzle_bench.harness`` (itself standard library only), never adrizzle, so it runs under any
+interpreter that has the peers installed (for example a separate venv, ``BENCH_PEER_PYTHON``).
+``adrizzle_bench.peers`` runs each engine in its own child process, with this package's folder
+on the child's ``PYTHONPATH`` (that interpreter need not have this project installed):
 
-    python scripts/peer_engines.py ENGINE --batches N [--warmup W]
+    python -m adrizzle_bench.peer_engines ENGINE --batches N [--warmup W]
 
 and reads one JSON object from the last line of its stdout: ``{"engine", "status", "reason",
 "version", "workloads": {workload: {mode: {"mean", "p50", "p99", "n"}}}}``. ``status`` is
@@ -38,7 +39,6 @@ import json
 import operator
 import os
 import shutil
-import statistics
 import sys
 import time
 import traceback
@@ -46,6 +46,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from adrizzle_bench import harness
 
 PARTITIONS = 4
 RECORDS = 1000
@@ -65,7 +67,7 @@ REQUIREMENTS = {
 INSTALL_HINT = "pip install -e '.[bench]'"
 
 
-# -- the work itself: module-level so every engine's workers import it (PYTHONPATH) ----------
+# -- the work itself: adrizzle's slots import these by name; the peers get them pickled -------
 
 
 def partition_data(p: int) -> list[int]:
@@ -135,38 +137,6 @@ def flatten_sorted(per_partition: Sequence[Sequence[tuple[int, int]]]) -> list[t
     return sorted(kv for part in per_partition for kv in part)
 
 
-# -- statistics -------------------------------------------------------------------------------
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100), linear between closest ranks."""
-    if not samples:
-        raise ValueError("no samples")
-    ordered = sorted(samples)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-def summarize(samples_ms: Sequence[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(samples_ms),
-        "p50": percentile(samples_ms, 50),
-        "p99": percentile(samples_ms, 99),
-        "n": len(samples_ms),
-    }
-
-
-def completion_gaps(start: float, done_at: Sequence[float]) -> list[float]:
-    """ms between consecutive completions (sorted), the first one measured from ``start``."""
-    out, last = [], start
-    for t in sorted(done_at):
-        out.append((t - last) * 1e3)
-        last = t
-    return out
-
-
 # -- availability (a missing peer is skipped, never failed) -------------------------------------
 
 
@@ -210,15 +180,6 @@ def version_of(engine: str) -> str:
         return importlib.metadata.version(REQUIREMENTS[engine][1])
     except importlib.metadata.PackageNotFoundError:
         return "?"
-
-
-def export_module_path() -> None:
-    """Put this module's folder on PYTHONPATH, so every engine's worker processes (started
-    after this, inheriting the environment) can import its task functions by name."""
-    here = str(Path(__file__).resolve().parent)
-    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if here not in parts:
-        os.environ["PYTHONPATH"] = os.pathsep.join([here, *parts])
 
 
 # -- engines ----------------------------------------------------------------------------------
@@ -396,7 +357,7 @@ def measure(peer: PeerEngine, workload: str, mode: str, batches: int) -> list[fl
             total += sum(values) if workload == "running-sum" else 0
     if workload == "running-sum" and total != running_sum_expected(batches):
         raise AssertionError(f"running sum {total} != {running_sum_expected(batches)}")
-    return completion_gaps(start, done_at)
+    return harness.completion_gaps(start, done_at)
 
 
 def run_engine(engine: str, batches: int, warmup: int) -> dict[str, Any]:
@@ -405,7 +366,6 @@ def run_engine(engine: str, batches: int, warmup: int) -> dict[str, Any]:
     if missing is not None:
         return {**report, "status": "skipped", "reason": missing}
     report["version"] = version_of(engine)
-    export_module_path()
     peer = PEERS[engine]()
     t0 = time.perf_counter()
     peer.start()
@@ -415,7 +375,7 @@ def run_engine(engine: str, batches: int, warmup: int) -> dict[str, Any]:
         for workload in WORKLOADS:
             measure(peer, workload, "one-after-another", warmup)
             workloads[workload] = {
-                mode: summarize(measure(peer, workload, mode, batches)) for mode in MODES
+                mode: harness.summarize(measure(peer, workload, mode, batches)) for mode in MODES
             }
         report["workloads"] = workloads
     finally:

@@ -1,16 +1,20 @@
-"""scripts/bench.py streaming: the Yahoo streaming benchmark at group size 1, 10 and auto.
+"""``bench.py streaming``: the Yahoo streaming benchmark at group size 1, 10 and auto.
 
-examples/ysb.py's pipeline (parse -> views -> project -> join ad to campaign -> count per
-campaign per event-time window) on one engine with 2 local workers, at a fixed batch interval
-(10 ms by default). The event rate is raised (doubling; at each rate every size still holding
-is tried back to back, so drift on the shared machine hits them alike), then bisected once per
-size between its last holding and first failing rate, to find the highest rate each group size
-sustains: every window's count emitted less than 1 s after the window's end (p99) and the last
-batch less than 1 s behind its interval. A trial that falls more than 3 s behind stops early.
+    python scripts/bench.py streaming [--quick] [--batch-interval MS] [--window S]
+        [--trial-seconds S] [--start-rate N] [--max-rate N] [--bisect N]
+
+YSB's pipeline (``ysb_workload``, which examples/ysb.py runs too: parse -> views -> project ->
+join ad to campaign -> count per campaign per event-time window) on one engine with 2 local
+workers, at a fixed batch interval (1 ms by default, ``--batch-interval``). The event rate is
+raised (doubling; at each rate every size still holding is tried back to back, so drift on the
+shared machine hits them alike), then bisected once per size between its last holding and first
+failing rate, to find the highest rate each group size sustains: every window's count emitted
+less than 1 s after the window's end (p99) and the last batch less than 1 s behind its interval.
+A trial that falls more than 3 s behind stops early.
 
 Windows are 2 s (YSB uses 10 s) so that a 10 s trial holds several windows; ``--window 10
 --trial-seconds 30`` runs the full-size variant. All trials share one engine; the machine is
-shared, so numbers move from run to run.
+shared, so numbers move from run to run. Results: bench-results/streaming.md, RESULTS.md.
 """
 
 from __future__ import annotations
@@ -18,14 +22,10 @@ from __future__ import annotations
 import math
 import statistics
 import sys
-from pathlib import Path
 from typing import Any
 
 import adrizzle
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-sys.path.insert(0, str(EXAMPLES))
-import ysb  # noqa: E402
+from adrizzle_bench import harness, ysb_workload
 
 LATENCY_TARGET_MS = 1000.0
 GIVE_UP_BEHIND_S = 3.0
@@ -46,7 +46,7 @@ def sustained(result: dict[str, Any]) -> bool:
 
 async def trial(engine: adrizzle.Engine, mode: int | str, rate: int, args: Any) -> dict[str, Any]:
     await engine.wait_settled(60.0)
-    result = await ysb.run_ysb(
+    result = await ysb_workload.run_ysb(
         engine,
         seconds=args.trial_seconds,
         rate=rate,
@@ -126,9 +126,9 @@ async def bench_streaming(args: Any) -> dict[str, Any]:
             setattr(args, key, value)
     if getattr(args, "quick", False):
         args.trial_seconds, args.window, args.bisect = 4.0, 1.0, 0
-    ysb.let_local_workers_import_this_module()
     async with adrizzle.Engine.local(workers=2, cores=1) as engine:
-        await ysb.run_ysb(engine, seconds=1.0, rate=1000, group_size=10, window=0.5)  # warm-up
+        # Warm-up: the slots import the pipeline and build its tables once.
+        await ysb_workload.run_ysb(engine, seconds=1.0, rate=1000, group_size=10, window=0.5)
         print("streaming: searching the sustainable rate per group size", file=sys.stderr)
         results = await search(engine, args)
     by_mode = {r["mode"]: r for r in results}
@@ -191,23 +191,10 @@ async def bench_streaming(args: Any) -> dict[str, Any]:
             for r in results
         ),
     ]
+    harness.save_section(harness.results_dir(args), "streaming", lines)
     return {
         "name": "streaming",
         "rows": results,
         "auto_vs_1": ratio,
         "lines": lines,
     }
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--trial-seconds", type=float)
-    parser.add_argument("--window", type=float)
-    parser.add_argument("--batch-interval", type=int, help="milliseconds")
-    parser.add_argument("--start-rate", type=int)
-    parser.add_argument("--max-rate", type=int)
-    parser.add_argument("--bisect", type=int)
-    print("\n".join(adrizzle.run(bench_streaming(parser.parse_args()))["lines"]))

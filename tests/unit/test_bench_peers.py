@@ -1,20 +1,17 @@
-"""The benchmark's pure parts: peer skip logic, statistics, targets and the report's rows.
-
-No peer engine is needed (CI does not install the bench extra): lookups are injected.
+"""``bench.py peers``' pure parts: peer skip logic, workload checks, targets and the report's
+rows. No peer engine is needed (CI does not install the bench extra): lookups are injected.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import bench_peers
-import bench_report
-import peer_engines as pe
+from adrizzle_bench import harness
+from adrizzle_bench import peer_engines as pe
+from adrizzle_bench import peers as bench_peers
 
 
 def test_a_missing_module_skips_with_the_install_hint() -> None:
@@ -59,24 +56,6 @@ def test_a_bare_directory_named_like_a_peer_is_not_an_install(
 def test_unknown_engine_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown engine"):
         pe.missing_requirement("flink")
-
-
-def test_percentiles_and_summary() -> None:
-    samples = [float(x) for x in range(1, 101)]
-    assert pe.percentile(samples, 50) == pytest.approx(50.5)
-    assert pe.percentile(samples, 99) == pytest.approx(99.01)
-    assert pe.percentile([3.0], 99) == 3.0
-    s = pe.summarize(samples)
-    assert s["mean"] == pytest.approx(50.5)
-    assert s["n"] == 100
-    with pytest.raises(ValueError, match="no samples"):
-        pe.percentile([], 50)
-
-
-def test_completion_gaps_add_up_to_the_wall_time() -> None:
-    gaps = pe.completion_gaps(10.0, [10.5, 10.25, 11.0])
-    assert gaps == pytest.approx([250.0, 250.0, 500.0])
-    assert sum(gaps) == pytest.approx(1000.0)
 
 
 def test_workload_answers_are_checked() -> None:
@@ -165,16 +144,8 @@ def test_skipped_peers_are_rows_not_failures_and_leave_targets_na(tmp_path: Path
     assert "No peer ran" in bench_peers.headline(targets)
     assert "group size auto (n/a" in text
     assert "plots skipped" in text
-    path = bench_report.write_results(tmp_path, {"peers": text})
+    path = harness.write_results(tmp_path, {"peers": text})
     results = path.read_text()
     assert "## peers" in results
     assert "- machine:" in results
     assert "- date:" in results
-
-
-def test_results_keep_earlier_sections_in_order(tmp_path: Path) -> None:
-    (tmp_path / "scaling.md").write_text("scaling table\n")
-    (tmp_path / "single-stage.md").write_text("single-stage table\n")
-    text = bench_report.write_results(tmp_path, {"peers": "peers table"}).read_text()
-    assert text.index("## peers") < text.index("## single-stage") < text.index("## scaling")
-    assert "scaling table" in text

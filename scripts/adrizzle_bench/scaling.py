@@ -16,15 +16,10 @@ import argparse
 import math
 import os
 import statistics
-import sys
-import time
-from pathlib import Path
 from typing import Any
 
 import adrizzle
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_report
+from adrizzle_bench import harness
 
 WORKERS = (1, 2, 4, 8)
 SIZES_FULL = (1, 3, 10, 30, 100, 300, 1000)
@@ -38,9 +33,9 @@ async def scaling_once(
 ) -> dict[str, float]:
     await engine.wait_settled()
     before = engine.statistics()
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    results = await engine.run_jobs([data] * batches, sum, group_size=group_size, timeout=300)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    with harness.timed() as t:
+        results = await engine.run_jobs([data] * batches, sum, group_size=group_size, timeout=300)
+    wall, cpu = t.wall, t.cpu
     await engine.wait_settled()
     after = engine.statistics()
     assert results == [results[0]] * batches
@@ -65,7 +60,7 @@ async def bench_scaling(args: argparse.Namespace) -> dict[str, Any]:
     repeats = 1 if quick else args.repeats
     batches = int(getattr(args, "scaling_batches", None) or BATCHES)
     workers_list = tuple(getattr(args, "scaling_workers", None) or WORKERS)
-    results_dir = Path(getattr(args, "results_dir", None) or bench_report.DEFAULT_RESULTS)
+    results_dir = harness.results_dir(args)
     table: list[dict[str, float]] = []
     for workers in workers_list:
         partitions = 2 * workers
@@ -124,23 +119,19 @@ async def bench_scaling(args: argparse.Namespace) -> dict[str, Any]:
         for w in workers_list
     }
     plots = [
-        bench_report.plot_vs_group_size(
+        harness.plot_vs_group_size(
             results_dir / "scaling-driver-cpu.png",
             "driver CPU per task vs group size",
             by_workers,
             ylabel="driver CPU µs per task",
         ),
-        bench_report.plot_vs_group_size(
+        harness.plot_vs_group_size(
             results_dir / "scaling-ms.png",
             "ms per micro-batch vs group size (2 partitions per worker)",
             ms_by_workers,
         ),
     ]
     done = [p for p in plots if p is not None]
-    if done:
-        lines += [f"![{p.stem}]({p.name})" for p in done]
-    else:
-        lines.append("(plots skipped: matplotlib is not installed; it comes with the bench extra)")
-    text = "\n".join(lines) + "\n"
-    bench_report.save_section(results_dir, "scaling", text)
+    lines += harness.plot_links(done)
+    harness.save_section(results_dir, "scaling", lines)
     return {"name": "scaling", "rows": table, "plots": [str(p) for p in done], "lines": lines}

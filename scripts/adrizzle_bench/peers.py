@@ -2,10 +2,10 @@
 
     python scripts/bench.py peers [--batches 200] [--repeats 3] [--quick] [--json]
 
-Three workloads (see scripts/peer_engines.py): single-stage, the two-stage shuffle and a running
+Three workloads (see ``peer_engines``): single-stage, the two-stage shuffle and a running
 sum, each engine with 2 worker processes of 1 core on this machine, in one run. adrizzle runs
 them at several group sizes (``auto`` when the engine has it) and once more with one
-``run_jobs`` call per micro-batch; the floor (scripts/floor.py) runs the single-stage workload.
+``run_jobs`` call per micro-batch; the floor (``floor``) runs the single-stage workload.
 Each peer runs in a child process of its own, one after another, both one micro-batch after
 another and with every micro-batch submitted at once. A peer that is not installed is reported
 as skipped. Environment:
@@ -15,8 +15,9 @@ as skipped. Environment:
                                        a separate venv with the peers when this one has none
 
 "ms per micro-batch" is the gap between consecutive micro-batch completions (the first from the
-start): its mean is wall time / micro-batches; p50 and p99 show how bursty delivery is.
-Ratios use the mean. Results: bench-results/peers.md, RESULTS.md, peers-*.png.
+start): its mean is wall time / micro-batches; p50 and p99 (the harness's percentiles) show how
+bursty delivery is. Ratios use the mean. Results: bench-results/peers.md, RESULTS.md,
+peers-*.png.
 """
 
 from __future__ import annotations
@@ -28,19 +29,19 @@ import json
 import operator
 import os
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import adrizzle
+from adrizzle_bench import harness
+from adrizzle_bench import peer_engines as pe
+from adrizzle_bench.floor import floor_ms_per_batch_async
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_report
-import peer_engines as pe
-from floor import floor_ms_per_batch_async
-
-PEER_SCRIPT = Path(__file__).resolve().parent / "peer_engines.py"
+# The folder holding this package: a peer's interpreter finds ``adrizzle_bench`` there.
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 PEER_LABELS = {"dask": "Dask distributed", "ray": "Ray", "pyspark": "PySpark"}
 TABLE_SIZES: tuple[int | str, ...] = (1, 10, 100, "auto")
 SWEEP_FULL = (1, 2, 5, 10, 20, 50, 100, 200)
@@ -77,7 +78,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "peer_batches": min(20, args.batches) if quick else args.batches,
         "peer_warmup": 3 if quick else 10,
         "peer_timeout": 240.0 if quick else 1800.0,
-        "results_dir": Path(getattr(args, "results_dir", None) or bench_report.DEFAULT_RESULTS),
+        "results_dir": harness.results_dir(args),
     }
 
 
@@ -135,7 +136,7 @@ async def adrizzle_gaps(
         raise
     if workload.name == "running-sum":
         assert total == pe.running_sum_expected(batches), total
-    return pe.completion_gaps(start, done_at)
+    return harness.completion_gaps(start, done_at)
 
 
 async def adrizzle_one_by_one(workload: Workload, batches: int) -> list[float]:
@@ -146,7 +147,7 @@ async def adrizzle_one_by_one(workload: Workload, batches: int) -> list[float]:
         (values,) = await workload.engine.run_jobs([ds], workload.action, timeout=60)
         done_at.append(time.perf_counter())
         pe.check(workload.name, b, values)
-    return pe.completion_gaps(start, done_at)
+    return harness.completion_gaps(start, done_at)
 
 
 async def measure_adrizzle(cfg: dict[str, Any]) -> dict[str, dict[str, dict[str, float] | None]]:
@@ -154,7 +155,6 @@ async def measure_adrizzle(cfg: dict[str, Any]) -> dict[str, dict[str, dict[str,
     sizes: list[int | str] = sorted({*cfg["sweep"], 1, 10, 100}, key=int)
     sizes.append("auto")
     samples: dict[str, dict[str, list[float] | None]] = {}
-    pe.export_module_path()  # the slots unpickle peer_engines' functions by name
     async with adrizzle.Engine.local(workers=2, cores=1) as engine:
         workloads = [Workload(name, engine) for name in pe.WORKLOADS]
         for w in workloads:  # warm-up: ship partitions, import in the slots, dial peers
@@ -169,7 +169,7 @@ async def measure_adrizzle(cfg: dict[str, Any]) -> dict[str, dict[str, dict[str,
                 one = await adrizzle_one_by_one(w, cfg["batches"])
                 rows[ONE_BY_ONE] = [*(rows.get(ONE_BY_ONE) or []), *one]
     return {
-        w: {label: pe.summarize(s) if s else None for label, s in rows.items()}
+        w: {label: harness.summarize(s) if s else None for label, s in rows.items()}
         for w, rows in samples.items()
     }
 
@@ -181,7 +181,7 @@ async def measure_floor(cfg: dict[str, Any]) -> dict[int, float]:
     for _ in range(cfg["repeats"]):
         for g in sizes:
             runs[g].append(await floor_ms_per_batch_async(cfg["batches"], g, workers=2))
-    return {g: sorted(v)[len(v) // 2] for g, v in runs.items()}
+    return {g: statistics.median(v) for g, v in runs.items()}
 
 
 # -- peers ------------------------------------------------------------------------------------
@@ -191,10 +191,14 @@ async def run_peer(
     engine: str, python: str, batches: int, warmup: int, timeout: float
 ) -> dict[str, Any]:
     """Run one peer in a child process; its report, or a failed one that says why."""
+    # That interpreter may lack this project: it finds the package through PYTHONPATH.
+    inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    path = os.pathsep.join([str(PACKAGE_PARENT), *(p for p in inherited if p)])
     try:
         proc = await asyncio.create_subprocess_exec(
             python,
-            str(PEER_SCRIPT),
+            "-m",
+            "adrizzle_bench.peer_engines",
             engine,
             "--batches",
             str(batches),
@@ -204,6 +208,7 @@ async def run_peer(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,  # so a hung peer's whole process group can be ended
+            env={**os.environ, "PYTHONPATH": path},
         )
     except OSError as exc:
         return {"engine": engine, "status": "skipped", "reason": f"cannot run {python}: {exc}"}
@@ -393,11 +398,7 @@ def render(
                 f"| {t['target']} | {t['want']} | {t['ratio']:.1f}x | {met} | {t['detail']} |"
             )
     lines += ["", headline(targets), ""]
-    if plots:
-        lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
-    else:
-        lines.append("(plots skipped: matplotlib is not installed; it comes with the bench extra)")
-    return lines
+    return [*lines, *harness.plot_links(plots)]
 
 
 def _peer(report: dict[str, Any], workload: str, mode: str) -> dict[str, float]:
@@ -429,7 +430,7 @@ def draw(
         one = adz[workload][ONE_BY_ONE]
         if one is not None:
             flat.append(("adrizzle", ONE_BY_ONE, one["mean"]))
-        path = bench_report.plot_vs_group_size(
+        path = harness.plot_vs_group_size(
             cfg["results_dir"] / f"peers-{workload}.png",
             f"{workload}: ms per micro-batch, 2 workers x 1 core (peers: horizontal lines)",
             lines,
@@ -458,12 +459,11 @@ async def bench_peers(args: argparse.Namespace) -> dict[str, Any]:
                 cfg["peer_timeout"],
             )
         )
-    cfg["java"] = bench_report.java_version()
+    cfg["java"] = harness.java_version()
     targets = evaluate_targets(adz, floor, peers)
     plots = draw(cfg, adz, floor, peers)
     lines = render(cfg, adz, floor, peers, targets, plots)
-    text = "\n".join(lines) + "\n"
-    bench_report.save_section(cfg["results_dir"], "peers", text)
+    harness.save_section(cfg["results_dir"], "peers", lines)
     return {
         "name": "peers",
         "adrizzle": adz,
