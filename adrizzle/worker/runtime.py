@@ -21,6 +21,8 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
+
 from adrizzle.errors import AuthenticationError, ProtocolError, RemoteProtocolError
 from adrizzle.wire import auth
 from adrizzle.wire.channel import Channel, ConnectionClosed
@@ -401,7 +403,7 @@ class WorkerRuntime:
         )
         for key in wanted:
             for msg, payload in self._held.pop(key):
-                send(dataclasses.replace(msg, hold=0), payload)
+                send(msgspec.structs.replace(msg, hold=0), payload)
 
     def _on_link_lost(self, peer: str, reason: str) -> None:
         log.info("data link to worker %s lost: %s", peer, reason)  # the driver decides
