@@ -21,8 +21,6 @@ import socket
 import time
 from typing import Any
 
-import cloudpickle
-
 from adrizzle.errors import SinkError
 from adrizzle.plan.failure import TaskFailure
 from adrizzle.plan.offsets import SourceIO
@@ -32,6 +30,7 @@ from adrizzle.plan.program import (
     ShuffleRead,
     StageProgram,
 )
+from adrizzle.plan.serialize import dumps
 from adrizzle.plan.state import StateStore, restore_states
 from adrizzle.wire.framing import FrameDecoder, FrameLimits, encode_frame
 from adrizzle.wire.messages import (
@@ -87,6 +86,9 @@ class SlotProcess:
         self.inbox: Inbox = {}  # shuffle blocks by attempt (see slot_tasks.Inbox)
         self.cancelled: set[int] = set()
         self.io = SourceIO()  # connector readers, kept across groups
+        # The last group's programs: the next group of a run usually ships the same bytes.
+        self.last_blob = b""
+        self.last_programs: list[JobProgram] = []
         self.sinks = SinkStage()  # sink writers and the outputs waiting for offsets_logged
 
     def serve(self) -> None:
@@ -180,7 +182,6 @@ class SlotProcess:
         plan = tasks_for(msg, programs)
         pending = plan.pending
         results: dict[int, dict[int, Any]] = {job: {} for job in plan.result_jobs}
-        result_jobs_left = len(results)
         tasks = len(pending)
         failed_total = 0
         unpicklable_before = self.sender.unpicklable
@@ -237,8 +238,7 @@ class SlotProcess:
                 values = [done[q] for q in plan.result_parts]
                 failed = sum(isinstance(v, TaskFailure) for v in values)
                 failed_total += failed
-                result_jobs_left -= 1
-                self.sender.add(msg, plan.result_parts, job, values, failed, result_jobs_left == 0)
+                self.sender.add(msg, plan.result_parts, job, values, failed)
         if msg.checkpoint:
             self.send_checkpoint(msg)
         self.wait_for_sinks(msg)
@@ -277,8 +277,11 @@ class SlotProcess:
                 state_ids, cells = pickle.loads(view[data_end:])
                 restore_states(self.states, state_ids, cells)
             what = "program"
-            programs: list[JobProgram] = pickle.loads(view[: msg.program_len])
-            return programs
+            blob = view[: msg.program_len]
+            if blob != self.last_blob:  # a run repeats its programs group after group
+                self.last_programs = pickle.loads(blob)
+                self.last_blob = bytes(blob)
+            return self.last_programs
         except Exception as exc:  # e.g. a function pickled by reference to a missing module
             reason = (
                 f"worker {msg.worker} slot {msg.slot} cannot load the {what} of jobs "
@@ -300,6 +303,8 @@ class SlotProcess:
         checkpoint it completes) then implies them. The driver logs a batch's offsets as soon
         as its results are in, so this waits about one round trip."""
         deadline = time.monotonic() + self.shuffle_timeout
+        if self.sinks.pending(msg.group):
+            self.sender.flush()  # the driver logs these batches once their results are in
         while self.sinks.pending(msg.group):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -326,7 +331,7 @@ class SlotProcess:
         if not changed:
             return
         try:
-            payload = bytes(cloudpickle.dumps(changed))
+            payload = dumps(changed)
         except Exception as exc:
             reason = (
                 f"worker {msg.worker} slot {msg.slot} cannot checkpoint the stream state of "
@@ -395,7 +400,7 @@ class SlotProcess:
             if not msg.hold and (worker, slot) == (msg.worker, msg.slot):
                 self.file_blocks(msg.group, job, stage_index, p, reduce_blocks)  # stays here
                 continue
-            payload = cloudpickle.dumps(reduce_blocks)
+            payload = dumps(reduce_blocks)
             size = self.max_block_bytes
             chunks = max(1, -(-len(payload) // size))
             self.pushed_blocks += 1
