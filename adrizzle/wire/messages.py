@@ -129,6 +129,29 @@ class MapOutputReady(Message, tag="map_output_ready", frozen=True):
     chunks: int = 1
 
 
+class MapOutputs(Message, tag="map_outputs", frozen=True):
+    """Several map outputs of one group for the reducers in one slot, in one frame: what a
+    pre-scheduled slot pushes when it runs out of ready work (a group of many batches then
+    costs a frame or two per destination, not one per map task). ``outputs`` lists
+    ``[job, shuffle, map_part, length]`` per output; the payload is their pickled
+    ``{reduce_part: block}`` dicts back to back, ``length`` bytes each. Each output counts as
+    arrived exactly as a ``map_output_ready`` would. Never held (BSP uses ``map_output_ready``)."""
+
+    TAG: ClassVar[str] = "map_outputs"
+    group: int
+    worker: str
+    slot: int
+    outputs: list[list[int]]
+
+
+def check_map_outputs(msg: MapOutputs, payload_len: int) -> None:
+    """Raise ``RemoteProtocolError`` unless a bundle's lengths add up to its payload."""
+    if any(len(o) != 4 or o[3] < 0 for o in msg.outputs):
+        raise RemoteProtocolError("map_outputs.outputs must be [job, shuffle, map_part, length]")
+    if sum(o[3] for o in msg.outputs) != payload_len:
+        raise RemoteProtocolError("map_outputs: payload length does not match its outputs")
+
+
 class FetchBlocks(Message, tag="fetch_blocks", frozen=True):
     """BSP mode, reducer's worker to a map side: send me the held outputs of these shuffles of
     jobs ``first_job .. last_job - 1`` that are addressed to ``worker``."""
@@ -350,6 +373,7 @@ _register(
     LaunchGroup,
     ClusterView,
     MapOutputReady,
+    MapOutputs,
     FetchBlocks,
     BatchResult,
     GroupDone,

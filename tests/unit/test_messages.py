@@ -27,6 +27,7 @@ from adrizzle.wire.messages import (
     Hello,
     LaunchGroup,
     MapOutputReady,
+    MapOutputs,
     Message,
     OffsetsLogged,
     PeerLost,
@@ -36,6 +37,7 @@ from adrizzle.wire.messages import (
     SlotDone,
     SlotReady,
     StateCheckpoint,
+    check_map_outputs,
     decode_meta,
     encode_meta,
     fields_of,
@@ -95,6 +97,7 @@ SAMPLES: list[Message] = [
     ),
     ClusterView(workers=["w1", "w2"], data_addresses=["127.0.0.1:1", "127.0.0.1:2"]),
     MapOutputReady(group=3, job=4, shuffle=0, map_part=2, worker="w2", slot=1, reduce_parts=[1, 3]),
+    MapOutputs(group=3, worker="w2", slot=1, outputs=[[4, 0, 2, 17], [5, 0, 2, 19]]),
     FetchBlocks(group=3, first_job=0, last_job=10, shuffles=[0], worker="w1"),
     GroupFailed(group=3, worker="w1", slot=0, reason="cannot load: ModuleNotFoundError"),
     CancelGroups(groups=[3, 4]),
@@ -341,3 +344,16 @@ def test_messages_are_frozen() -> None:
     msg = Auth(mac="x")
     with pytest.raises(AttributeError):  # msgspec: "immutable type"
         msg.mac = "y"  # type: ignore[misc]
+
+
+def test_a_map_outputs_bundle_must_add_up_to_its_payload() -> None:
+    bundle = MapOutputs(group=3, worker="w2", slot=1, outputs=[[4, 0, 2, 17], [5, 0, 2, 19]])
+    check_map_outputs(bundle, 36)
+    with pytest.raises(RemoteProtocolError, match="payload length does not match"):
+        check_map_outputs(bundle, 35)
+    short = MapOutputs(group=3, worker="w2", slot=1, outputs=[[4, 0, 17]])
+    with pytest.raises(RemoteProtocolError, match=r"\[job, shuffle, map_part, length\]"):
+        check_map_outputs(short, 17)
+    negative = MapOutputs(group=3, worker="w2", slot=1, outputs=[[4, 0, 2, -1], [5, 0, 2, 2]])
+    with pytest.raises(RemoteProtocolError, match=r"\[job, shuffle, map_part, length\]"):
+        check_map_outputs(negative, 1)
