@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from adrizzle.api.dataset import job_programs
-from adrizzle.api.engine import results_of
+from adrizzle.api.running import results_of
 from adrizzle.api.stream_source import BuildContext, feed_live, wait_cut
 from adrizzle.driver.adaptive import resolve_group_size
 from adrizzle.driver.execution import OffsetRun
@@ -115,7 +115,7 @@ class StreamRun:
 
     def __init__(
         self,
-        stream: Stream,
+        stream: Stream[Any],
         batches: int | None,
         group_size: GroupSize,
         timeout: float | None,

@@ -3,6 +3,7 @@
 ``Engine`` (the façade in ``adrizzle.api.engine``), ``Dataset`` and ``Stream`` reach the driver
 only through these methods and attributes (docs/architecture.md, "Layers"):
 
+- shared: ``shared`` (broadcast values, user code, accumulators: ``SharedVariables``);
 - datasets: ``new_node_id()``, ``add_source(node_id, partitions)``, ``release_with(owner,
   node_id)`` (drop a node's blocks on the slots and its checkpoints once ``owner`` is
   collected), ``default_partitions()``;
@@ -38,6 +39,7 @@ from adrizzle.driver.offset_log import OffsetLog
 from adrizzle.driver.placement import interleave_slots
 from adrizzle.driver.restore import plan_restore
 from adrizzle.driver.run_state import RunScheduler
+from adrizzle.driver.shared import SharedVariables
 from adrizzle.errors import AdrizzleError, NoWorkersError
 from adrizzle.plan.program import state_steps
 from adrizzle.wire import auth
@@ -77,6 +79,8 @@ class DriverSession:
         self.token = token
         self.checkpoints = StateCheckpoints(config.checkpoint_dir)
         self.blocks = BlockRegistry()
+        # Broadcast values, user code and accumulators (shipped to each worker once).
+        self.shared = SharedVariables(self.new_node_id, lambda: list(self.cluster.workers.values()))
         self.metrics = DriverMetrics()
         self.frames = FrameCounter()
         self.runs: set[RunExecution] = set()
@@ -341,6 +345,7 @@ class DriverSession:
             run.on_message(worker, msg, payload)
 
     def _on_joined(self, worker: WorkerHandle) -> None:
+        self.shared.joined(worker)  # before any launch can reach it
         self.blocks.add_worker(worker.id)
         self._broadcast_cluster_view()
         for run in list(self.runs):
@@ -470,6 +475,7 @@ class DriverSession:
                 "bytes_sent": frames["bytes_out"],
                 "bytes_received": frames["bytes_in"],
                 "blocks": self.blocks.statistics(),
+                "shared": self.shared.statistics(),
                 "checkpoints": self.checkpoints.statistics(),
                 "refused_connections": dict(self.cluster.refused),
                 "driver_deaf_s": self.cluster.deaf_statistics(),

@@ -196,6 +196,29 @@ class SinkFailed(Message):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class PutShared(Message):
+    """Driver to worker, forwarded unopened to every slot: values each slot keeps for the
+    engine. ``kind`` "broadcast": ``ids[i]``'s pickled value is the payload's next
+    ``lens[i]`` bytes; "files": zip archives of user code (``names[i]``) the slots import
+    from. Sent once per worker (when made, or when the worker joins), before any launch
+    that uses them (adrizzle.driver.shared)."""
+
+    TAG: ClassVar[str] = "put_shared"
+    kind: str
+    ids: list[int]
+    lens: list[int]
+    names: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DropShared(Message):
+    """Driver to worker, forwarded to every slot: forget these broadcast values."""
+
+    TAG: ClassVar[str] = "drop_shared"
+    ids: list[int]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Shutdown(Message):
     """Driver to worker: finish nothing more, stop the slots and exit."""
 
@@ -374,6 +397,8 @@ _register(
     StateCheckpoint,
     OffsetsLogged,
     SinkFailed,
+    PutShared,
+    DropShared,
 )
 
 HANDSHAKE_TYPES: frozenset[type[Message]] = frozenset({Hello, Auth, Error})

@@ -24,6 +24,7 @@ from typing import Any
 import cloudpickle
 
 from adrizzle.errors import SinkError
+from adrizzle.plan import shared
 from adrizzle.plan.failure import TaskFailure
 from adrizzle.plan.offsets import SourceIO
 from adrizzle.plan.program import (
@@ -36,9 +37,11 @@ from adrizzle.plan.state import StateStore, restore_states
 from adrizzle.wire.framing import FrameDecoder, FrameLimits, encode_frame
 from adrizzle.wire.messages import (
     CancelGroups,
+    DropShared,
     GroupFailed,
     MapOutputReady,
     OffsetsLogged,
+    PutShared,
     RunTasks,
     Shutdown,
     SinkFailed,
@@ -47,6 +50,7 @@ from adrizzle.wire.messages import (
     decode_meta,
     encode_meta,
 )
+from adrizzle.worker import slot_shared
 from adrizzle.worker.slot_results import ResultSender
 from adrizzle.worker.slot_sinks import SinkStage
 from adrizzle.worker.slot_tasks import Inbox, Task, due_in, is_ready, next_ready, tasks_for
@@ -123,6 +127,8 @@ class SlotProcess:
                 self.sink_failures(self.sinks.confirm(msg.stream, msg.through))
             elif isinstance(msg, CancelGroups):
                 self.cancel(msg.groups)
+            elif isinstance(msg, (PutShared, DropShared)):  # broadcasts, user code
+                slot_shared.receive(msg, payload)
             elif isinstance(msg, Shutdown):
                 raise WorkerGone
 
@@ -351,15 +357,16 @@ class SlotProcess:
     def run_result_task(
         self, group: int, job: int, program: JobProgram, stage: StageProgram, p: int
     ) -> Any:
+        shared.begin_task()  # accumulator updates travel with the value (plan/shared.py)
         try:
             inputs = self.inputs(group, job, stage, p)
             it = stage.compute(p, self.store, inputs, self.states, job, self.io)
             value = program.action(it)
             sink = program.sink
             if sink is None:
-                return value
+                return shared.with_updates(value)
             self.sinks.stage(group, sink, sink.first_batch + job, p, value)
-            return []  # the output went to the sink, not to the driver
+            return shared.with_updates([])  # the output went to the sink, not to the driver
         except UpstreamFailure as exc:
             return exc.failure
         except WorkerGone:
@@ -371,12 +378,14 @@ class SlotProcess:
         self, msg: RunTasks, job: int, stage_index: int, stage: StageProgram, p: int
     ) -> None:
         assert stage.output is not None
+        shared.begin_task()
         try:
             blocks: list[Any] = stage.output.split(
                 stage.compute(
                     p, self.store, self.inputs(msg.group, job, stage, p), self.states, job, self.io
                 )
             )
+            blocks = shared.attach_updates(blocks)  # to reducer 0, which adds them to its own
         except UpstreamFailure as exc:
             blocks = [exc.failure] * stage.output.partitions
         except WorkerGone:
@@ -430,7 +439,7 @@ class SlotProcess:
                     f"arrived, missing map partitions {missing[:10]}"
                 )
             arrived = self.inbox.pop(key)
-            blocks = [arrived[m] for m in range(maps)]
+            blocks = [shared.absorb(arrived[m]) for m in range(maps)]  # accumulator updates
             per_shuffle.append(blocks)
         for blocks in per_shuffle:
             for block in blocks:

@@ -67,9 +67,11 @@ def is_ready(
     outputs have all arrived."""
     job, stage_index, p = task
     read = programs[job - run.first_job].stages[stage_index].input
+    due = read.ready_at(job)  # a paced source, also as a side of a union
+    if due is not None and due > now:
+        return False
     if not isinstance(read, ShuffleRead):
-        due = read.ready_at(job)
-        return due is None or due <= now
+        return True
     group = run.group
     return all(len(inbox.get((group, job, s, p), ())) >= maps for s, maps in read.shuffles)
 
@@ -89,7 +91,7 @@ def due_in(
     due = None
     for job, stage_index, _p in pending:
         read = programs[job - run.first_job].stages[stage_index].input
-        at = None if isinstance(read, ShuffleRead) else read.ready_at(job)
+        at = read.ready_at(job)
         if at is not None and (due is None or at < due):
             due = at
     return None if due is None else max(0.0, due - now)
