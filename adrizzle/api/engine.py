@@ -292,6 +292,21 @@ class Engine:
             raise TypeError(f"accumulator(combine=) needs a callable, got {type(combine).__name__}")
         return self.session.shared.accumulator(zero, combine, name)
 
+    async def add_module(self, module_or_path: object) -> None:
+        """Make the user's own code importable on every worker's slots, also on workers that
+        join later: a module object (its top-level package is shipped when it is inside one),
+        a module name, a ``.py`` file, a package directory or a ``.zip`` file. Functions from
+        such modules are pickled by reference, so without this a worker that cannot import
+        the module fails the group (``SerializationError``, reported by the slot after the
+        launch). The archive is made once here and sent once per worker; slots import from
+        it (a module already imported in a slot is not reloaded). ``Engine(py_files=[...])``
+        ships files at start.
+
+        >>> import my_pipeline_helpers  # doctest: +SKIP
+        >>> await engine.add_module(my_pipeline_helpers)  # doctest: +SKIP
+        """
+        await self.session.add_code(module_or_path)
+
     # -- jobs ----------------------------------------------------------------------------
 
     async def run_jobs(

@@ -415,7 +415,7 @@ class Stream(StreamState[T]):
         self,
         batches: int | None = None,
         *,
-        group_size: GroupSize = 1,
+        group_size: GroupSize = "auto",
         timeout: float | None = None,
         pre_schedule: bool = True,
     ) -> StreamRun:
@@ -423,7 +423,10 @@ class Stream(StreamState[T]):
         unbounded source). Iterate with ``async for`` to get each batch's ``StreamBatch`` as
         soon as it is done; sinks are called before it is yielded. ``timeout``: a run of
         batches failing to finish within this many seconds after its last batch was due
-        raises ``RunTimeoutError``."""
+        raises ``RunTimeoutError``. ``group_size``: micro-batches per group, ``"auto"`` (the
+        default: adapted to the measured coordination overhead, see ``AdaptiveGroupSize``),
+        an int (1 is the BSP baseline) or an ``AdaptiveGroupSize``. A user function that
+        raises fails the run with ``TaskError``, whose ``batch`` is the stream's batch."""
         if batches is not None and batches < 0:
             raise ValueError(f"batches must be >= 0, got {batches}")
         return StreamRun(self, batches, group_size, timeout, pre_schedule)
@@ -432,7 +435,7 @@ class Stream(StreamState[T]):
         self,
         batches: int | None = None,
         *,
-        group_size: GroupSize = 1,
+        group_size: GroupSize = "auto",
         timeout: float | None = None,
     ) -> int:
         """Run (see ``run``) for the sinks only; return the number of batches run."""

@@ -30,6 +30,7 @@ from adrizzle.driver.adaptive import resolve_group_size
 from adrizzle.driver.blocks import BlockRegistry
 from adrizzle.driver.checkpoint import StateCheckpoints
 from adrizzle.driver.cluster import Cluster, WorkerHandle
+from adrizzle.driver.code import archive_of
 from adrizzle.driver.execution import OffsetRun, RunExecution, StatefulRun
 from adrizzle.driver.jobs import StatePolicy
 from adrizzle.driver.launch import run_waves
@@ -116,6 +117,8 @@ class DriverSession:
 
     async def start(self) -> None:
         """Listen, then start the local workers (if any) and wait until they joined."""
+        for path in self.config.py_files:  # every worker gets them when it joins
+            await self.add_code(path)
         await self.cluster.start()
         n = self.config.local_workers
         if n:
@@ -163,6 +166,13 @@ class DriverSession:
         with a later launch) and the driver its source data and checkpoints."""
         weakref.finalize(owner, self.blocks.release, node_id)
         weakref.finalize(owner, self.checkpoints.release, node_id)
+
+    async def add_code(self, module_or_path: object) -> str:
+        """Ship a module, package or zip file to every worker's slots (``driver/code.py``);
+        returns the archive's name."""
+        name, archive = await asyncio.to_thread(archive_of, module_or_path)
+        self.shared.add_files(name, archive)
+        return name
 
     def default_partitions(self) -> int:
         return max(2, sum(w.cores for w in self.cluster.workers.values()))
