@@ -42,16 +42,17 @@ async def results_of(
 ) -> AsyncIterator[JobResult]:
     """A run's outcomes as ``JobResult``s; the run is finished with when the caller stops.
 
-    ``settle``: apply each job's accumulator updates as it is yielded (a stream applies them
-    itself, only for the batches it delivers: a replay's must not count twice).
+    ``settle``: apply each job's accumulator updates as it is yielded; False leaves them in
+    the values for the caller (a stream applies them itself, only for the batches it
+    delivers: a replay's must not count twice).
     """
     try:
         async for outcome in run.outcomes(timeout):
             if outcome.error is not None and not return_exceptions:
                 raise outcome.error
             values = outcome.values
-            if values is not None:
-                values = session.shared.settle(values, apply=settle)
+            if values is not None and settle:
+                values = session.shared.settle(values)
             yield JobResult(outcome.index, values, outcome.error)
     finally:
         session.finished(run)
