@@ -24,7 +24,6 @@ import collections
 import functools
 import json
 import math
-import os
 import random
 import statistics
 import sys
@@ -40,17 +39,6 @@ ADS_PER_CAMPAIGN = 10
 AD_TYPES = ("banner", "modal", "sponsored-search", "mail", "mobile")
 EVENT_TYPES = ("view", "click", "purchase")
 POOL = 100  # distinct users, pages and ips
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def let_local_workers_import_this_module() -> None:
-    """Local workers inherit the driver's environment: with this directory on PYTHONPATH the
-    pipeline's functions travel by reference, like a job module installed on a cluster, and
-    the per-process caches below live as long as the slots. (Pickled by value instead, every
-    group would carry the code and its data.)"""
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if HERE not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([HERE, *paths])
 
 
 # What determines the events: seed, rate (events per second), interval_ms (batch interval),
@@ -298,8 +286,12 @@ def group_size_arg(text: str) -> int | str:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    let_local_workers_import_this_module()
-    async with adrizzle.Engine.local(workers=args.workers, cores=args.cores) as engine:
+    # This module is shipped to the workers, whose slots import it: the pipeline's functions
+    # travel by reference, like a job module installed on a cluster, and the per-process
+    # caches below live as long as the slots. (Pickled by value instead, every group would
+    # carry the code and its data.)
+    engine = adrizzle.Engine.local(workers=args.workers, cores=args.cores, py_files=[__file__])
+    async with engine:
         return await run_ysb(
             engine,
             seconds=args.seconds,

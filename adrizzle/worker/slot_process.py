@@ -293,8 +293,9 @@ class SlotProcess:
             if isinstance(exc, ImportError):
                 reason += (
                     " (functions from modules the workers cannot import are pickled by "
-                    "reference; install the module on the workers or define the function in "
-                    "__main__ or with cloudpickle.register_pickle_by_value)"
+                    "reference: ship the module with engine.add_module(...) or "
+                    "Engine(py_files=[...]), install it on the workers, or use "
+                    "cloudpickle.register_pickle_by_value)"
                 )
             notice = GroupFailed(msg.group, msg.worker, msg.slot, reason)
             self.sender.send(encode_frame(encode_meta(notice)))
