@@ -241,6 +241,33 @@ async def test_coroutine_functions_need_map_async(engine: adrizzle.Engine) -> No
     assert await ds.map_async(double, concurrency=4).collect() == [2 * x for x in range(30)]
 
 
+async def test_map_async_runs_at_most_n_calls_at_once_per_partition(
+    engine: adrizzle.Engine,
+) -> None:
+    peak = engine.accumulator(0, max)
+    state = {"now": 0}
+
+    async def fetch(x: int) -> int:
+        state["now"] += 1
+        peak.add(state["now"])
+        await asyncio.sleep(0.002 * (x % 3))
+        state["now"] -= 1
+        if x == 1234:
+            raise LookupError("no such user")
+        return x * 10
+
+    ds = engine.parallelize(range(80), partitions=2).map_async(fetch, concurrency=5)
+    assert await ds.collect() == [x * 10 for x in range(80)]
+    assert peak.value == 5
+    bad = engine.parallelize([1, 1234], partitions=1).map_async(fetch)
+    with pytest.raises(adrizzle.TaskError, match="no such user") as info:
+        await bad.collect()
+    assert info.value.exc_type == "LookupError"
+    stream = engine.stream(ints, partitions=P).map_async(fetch, concurrency=3)
+    async for update in stream.run(3, group_size=3, timeout=60):
+        assert update.values == [x * 10 for p in range(P) for x in ints(update.batch, p)]
+
+
 P, K = 4, 30
 
 
