@@ -45,6 +45,7 @@ from adrizzle.driver.adaptive import AdaptiveGroupSize
 from adrizzle.driver.config import EngineConfig
 from adrizzle.errors import TaskError
 from adrizzle.plan.shared import Accumulator, Broadcast
+from adrizzle.plan.state import STATE_TIMEOUT
 from adrizzle.plan.windows import WindowResult
 from adrizzle.version import __version__
 
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from collections.abc import Coroutine
 
 __all__ = [
+    "STATE_TIMEOUT",
     "Accumulator",
     "AdaptiveGroupSize",
     "Broadcast",

@@ -261,6 +261,11 @@ class SyncStream(Generic[T]):
     ) -> SyncStream[WindowResult]:
         return self._make(lambda: self.stream.window_count(window, **options))
 
+    def window_session(
+        self: SyncStream[tuple[Any, Any]], gap: float, **options: Any
+    ) -> SyncStream[WindowResult]:
+        return self._make(lambda: self.stream.window_session(gap, **options))
+
     def sink(self, target: Any) -> SyncStream[T]:
         """See ``Stream.sink``: a callable runs on the engine's loop thread."""
         return self._make(lambda: self.stream.sink(target))

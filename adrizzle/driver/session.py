@@ -486,6 +486,7 @@ class DriverSession:
                 "bytes_received": frames["bytes_in"],
                 "blocks": self.blocks.statistics(),
                 "shared": self.shared.statistics(),
+                "late_values": self.shared.late_values(),
                 "checkpoints": self.checkpoints.statistics(),
                 "refused_connections": dict(self.cluster.refused),
                 "driver_deaf_s": self.cluster.deaf_statistics(),

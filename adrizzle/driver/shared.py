@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ class SharedVariables:
         self._accumulators: weakref.WeakValueDictionary[int, Accumulator[Any]] = (
             weakref.WeakValueDictionary()
         )
+        self._late: dict[str, Accumulator[int]] = {}  # per stream, kept for statistics()
         self.bytes_shipped = 0
 
     # -- broadcasts --------------------------------------------------------------------
@@ -138,6 +140,17 @@ class SharedVariables:
                         acc.merge(delta)
                     except Exception as exc:
                         log.warning("accumulator %s: cannot combine an update: %s", aid, exc)
+
+    def late_counter(self, stream: str) -> Accumulator[int]:
+        """The count of ``stream``'s late values (window operators add to it; a replayed
+        batch's are not counted again), kept as long as the engine."""
+        counter = self._late.get(stream)
+        if counter is None:
+            counter = self._late[stream] = self.accumulator(0, operator.add)
+        return counter
+
+    def late_values(self) -> dict[str, int]:
+        return {stream: counter.value for stream, counter in sorted(self._late.items())}
 
     def named(self) -> dict[str, Any]:
         """Accumulators made with a name, by name (their values, for ``statistics()``)."""
