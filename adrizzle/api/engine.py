@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from adrizzle.api.dataset import Dataset, job_programs, parallelize
 from adrizzle.api.running import JobResult, results_of
@@ -168,6 +168,32 @@ class Engine:
         dataset: Dataset[T] = Dataset(self.session, partitions=partitions, source=source)
         return dataset
 
+    @overload
+    def stream(
+        self,
+        source: Callable[[int, int], Iterable[T]],
+        partitions: int | None = None,
+        *,
+        batch_interval: float | None = None,
+        start: float | None = None,
+        batches: int | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+    ) -> Stream[T]: ...
+
+    @overload
+    def stream(
+        self,
+        source: Source,
+        partitions: int | None = None,
+        *,
+        batch_interval: float | None = None,
+        start: float | None = None,
+        batches: int | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+    ) -> Stream[Any]: ...
+
     def stream(
         self,
         source: Callable[[int, int], Iterable[Any]] | Source,
@@ -217,13 +243,13 @@ class Engine:
 
     def stream_from(
         self,
-        items: AsyncIterable[Any],
+        items: AsyncIterable[T],
         partitions: int | None = None,
         *,
         batch_interval: float = 0.05,
         max_batch: int = 100_000,
         checkpoint_dir: str | os.PathLike[str] | None = None,
-    ) -> Stream[Any]:
+    ) -> Stream[T]:
         """A stream of the items of an async iterator (live input): every ``batch_interval``
         seconds (or ``max_batch`` items) what arrived becomes one micro-batch, shipped to the
         slots split into ``partitions``. Ends when the iterator does. A stateful stream keeps
