@@ -16,8 +16,8 @@ sys.path.insert(0, str(EXAMPLE.parent))
 from word_count import expected_counts  # noqa: E402
 
 
-@pytest.mark.parametrize(("group_size", "mode"), [(4, []), (1, ["--bsp"])])
-def test_word_count_counts_every_word_exactly(group_size: int, mode: list[str]) -> None:
+@pytest.mark.parametrize(("group_size", "mode"), [(4, []), (1, ["--bsp"]), ("auto", [])])
+def test_word_count_counts_every_word_exactly(group_size: int | str, mode: list[str]) -> None:
     batches, partitions, per_partition = 9, 3, 40
     out = subprocess.run(
         [
