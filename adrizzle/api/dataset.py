@@ -432,7 +432,7 @@ def job_programs(
         if len(func_list) != len(datasets):
             raise ValueError(f"{len(datasets)} datasets but {len(func_list)} functions")
     for f in func_list:
-        check_function("a job function", f)
+        check_function("run_jobs", f)  # a job's function is a plain one, like map's
     shape = None
     programs: list[JobProgram] = []
     cache: dict[tuple[int, int], JobProgram] = {}

@@ -62,7 +62,8 @@ def broadcast_value(bid: int) -> Any:
 
 def begin_task() -> None:
     """A task starts: no updates yet."""
-    _updates[:] = [{}]
+    if len(_updates) != 1 or _updates[0]:
+        _updates[:] = [{}]
 
 
 def _task_add(aid: int, combine: Callable[[Any, Any], Any], x: Any) -> None:
@@ -72,6 +73,8 @@ def _task_add(aid: int, combine: Callable[[Any, Any], Any], x: Any) -> None:
 
 def take_updates() -> list[dict[int, Any]]:
     """The running task's updates (its own and those it read), now handed over."""
+    if len(_updates) == 1 and not _updates[0]:
+        return []  # the common case: a task without accumulators
     out = [u for u in _updates if u]
     _updates[:] = [{}]
     return out
