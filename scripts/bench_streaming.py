@@ -126,8 +126,8 @@ async def bench_streaming(args: Any) -> dict[str, Any]:
             setattr(args, key, value)
     if getattr(args, "quick", False):
         args.trial_seconds, args.window, args.bisect = 4.0, 1.0, 0
-    ysb.let_local_workers_import_this_module()
-    async with adrizzle.Engine.local(workers=2, cores=1) as engine:
+    # The workers import ysb from the file the engine ships (its functions pickle by reference).
+    async with adrizzle.Engine.local(workers=2, cores=1, py_files=[ysb.__file__]) as engine:
         await ysb.run_ysb(engine, seconds=1.0, rate=1000, group_size=10, window=0.5)  # warm-up
         print("streaming: searching the sustainable rate per group size", file=sys.stderr)
         results = await search(engine, args)

@@ -72,6 +72,13 @@ class Dataset(Generic[T]):
     [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
     >>> await engine.run_jobs([doubled], sum)  # doctest: +SKIP
     [[20, 70]]
+    >>> sales = engine.parallelize([("fr", 3), ("de", 5), ("fr", 1)])  # doctest: +SKIP
+    >>> names = engine.parallelize([("fr", "France"), ("it", "Italy")])  # doctest: +SKIP
+    >>> await sales.reduce_by_key(operator.add).sort_by_key().collect()  # doctest: +SKIP
+    [('de', 5), ('fr', 4)]
+    >>> await sales.full_outer_join(names).count()  # doctest: +SKIP
+    4
+    >>> await sales.keys().distinct().union(names.keys()).take(3)  # doctest: +SKIP
     """
 
     __slots__ = (
