@@ -7,6 +7,11 @@
 ...         print(await engine.run_jobs([data] * 10, sum, group_size=10))
 >>> adrizzle.run(main())  # doctest: +SKIP
 
+Scripts and notebooks can skip the asyncio part:
+
+>>> with adrizzle.LocalEngine(workers=2, cores=1) as engine:  # doctest: +SKIP
+...     print(engine.parallelize(range(10), partitions=2).map(lambda x: x * x).collect())
+
 General layout (docs/architecture.md; imports point down, tests/unit/test_layering.py):
 
 - ``errors``, ``version``: leaves every layer may import.
@@ -18,7 +23,8 @@ General layout (docs/architecture.md; imports point down, tests/unit/test_layeri
   placement, adaptive group size, checkpoints, the cluster, the driver session.
 - ``worker/`` (on plan/ and wire/, never driver/): the ``adrizzle-worker`` runtime, data links,
   slot pool and slot processes.
-- ``api/`` (on driver/): the ``Engine`` façade, ``Dataset`` and ``Stream``.
+- ``api/`` (on driver/): the ``Engine`` façade, ``Dataset`` and ``Stream``, and the blocking
+  ``LocalEngine`` for scripts and notebooks.
 - ``status/``: the read-only status server, fed a snapshot callable.
 
 Everything a user needs is re-exported here; the rest is internal.
@@ -33,9 +39,13 @@ from adrizzle import errors
 from adrizzle.api.dataset import Dataset
 from adrizzle.api.engine import Engine, JobResult
 from adrizzle.api.stream import Stream, StreamBatch
+from adrizzle.api.sync_dataset import SyncDataset, SyncStream
+from adrizzle.api.sync_engine import LocalEngine
 from adrizzle.driver.adaptive import AdaptiveGroupSize
 from adrizzle.driver.config import EngineConfig
 from adrizzle.errors import TaskError
+from adrizzle.plan.shared import Accumulator, Broadcast
+from adrizzle.plan.state import STATE_TIMEOUT
 from adrizzle.plan.windows import WindowResult
 from adrizzle.version import __version__
 
@@ -43,13 +53,19 @@ if TYPE_CHECKING:
     from collections.abc import Coroutine
 
 __all__ = [
+    "STATE_TIMEOUT",
+    "Accumulator",
     "AdaptiveGroupSize",
+    "Broadcast",
     "Dataset",
     "Engine",
     "EngineConfig",
     "JobResult",
+    "LocalEngine",
     "Stream",
     "StreamBatch",
+    "SyncDataset",
+    "SyncStream",
     "TaskError",
     "WindowResult",
     "__version__",

@@ -49,7 +49,8 @@ class TaskError(AdrizzleError):
     """User code raised inside a task.
 
     Carries the remote traceback and where it happened: the worker, the job (micro-batch)
-    index and the partition.
+    index in the call that ran it, the partition, and for a stream the stream's batch number
+    (``batch``; None outside streams).
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class TaskError(AdrizzleError):
         exc_type: str,
         message: str,
         remote_traceback: str,
+        batch: int | None = None,
     ) -> None:
         self.job = job
         self.partition = partition
@@ -68,18 +70,31 @@ class TaskError(AdrizzleError):
         self.exc_type = exc_type
         self.message = message
         self.remote_traceback = remote_traceback
+        self.batch = batch
+        where = f"job {job}" if batch is None else f"stream batch {batch}"
         super().__init__(
-            f"{exc_type}: {message} (job {job}, partition {partition}, worker {worker})\n"
+            f"{exc_type}: {message} ({where}, partition {partition}, worker {worker})\n"
             f"remote traceback:\n{remote_traceback}"
         )
 
+    def at_batch(self, batch: int) -> TaskError:
+        """The same error, saying which stream batch it happened in."""
+        fields = (self.job, self.partition, self.worker, self.exc_type, self.message)
+        return _rebuild_task_error(*fields, self.remote_traceback, batch)
+
     def __reduce__(self) -> tuple[object, ...]:
         fields = (self.job, self.partition, self.worker, self.exc_type, self.message)
-        return (_rebuild_task_error, (*fields, self.remote_traceback))
+        return (_rebuild_task_error, (*fields, self.remote_traceback, self.batch))
 
 
 def _rebuild_task_error(
-    job: int, partition: int, worker: str, exc_type: str, message: str, remote_traceback: str
+    job: int,
+    partition: int,
+    worker: str,
+    exc_type: str,
+    message: str,
+    remote_traceback: str,
+    batch: int | None = None,
 ) -> TaskError:
     return TaskError(
         job=job,
@@ -88,6 +103,7 @@ def _rebuild_task_error(
         exc_type=exc_type,
         message=message,
         remote_traceback=remote_traceback,
+        batch=batch,
     )
 
 

@@ -7,6 +7,7 @@ the sentences into words and pre-counts them per partition; the counts are shuff
 sums them. Each batch's counts print as soon as that batch is done.
 
     python examples/word_count.py 50 10                 # 50 micro-batches in groups of 10
+    python examples/word_count.py 50 auto               # adaptive group size
     python examples/word_count.py 20 1 --bsp --check    # Spark-style stages, verify counts
     python examples/word_count.py 100 10 --json         # last line: JSON summary
 """
@@ -21,6 +22,8 @@ import operator
 import random
 import sys
 import time
+
+from _cli import at_least, group_size_arg
 
 import adrizzle
 
@@ -95,10 +98,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("batches", type=int, nargs="?", default=20)
-    parser.add_argument("group_size", type=int, nargs="?", default=10)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cores", type=int, default=1)
+    parser.add_argument(
+        "batches", type=at_least(1), nargs="?", default=20, help="number of micro-batches N"
+    )
+    parser.add_argument(
+        "group_size",
+        type=group_size_arg,
+        nargs="?",
+        default=10,
+        help="micro-batches per group G, or auto (adaptive)",
+    )
+    parser.add_argument("--workers", type=at_least(1), default=2, help="local worker processes")
+    parser.add_argument("--cores", type=at_least(1), default=1, help="slot processes per worker")
     parser.add_argument("--partitions", type=int, default=4, help="map partitions per batch")
     parser.add_argument("--reducers", type=int, default=2, help="reduce partitions per batch")
     parser.add_argument("--sentences", type=int, default=200, help="per partition and batch")

@@ -8,12 +8,13 @@ use live in ``adrizzle.driver.session`` (docs/architecture.md).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
+import operator
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from adrizzle.api.dataset import Dataset, job_programs, parallelize
+from adrizzle.api.running import JobResult, results_of
 from adrizzle.driver.config import EngineConfig
 from adrizzle.driver.session import DriverSession
 from adrizzle.errors import AdrizzleError, TaskError
@@ -28,22 +29,11 @@ if TYPE_CHECKING:
     from adrizzle.api.stream import Stream
     from adrizzle.connectors.base import Source
     from adrizzle.driver.adaptive import GroupSize
-    from adrizzle.driver.execution import RunExecution
+    from adrizzle.plan.shared import Accumulator, Broadcast
     from adrizzle.status.server import StatusServer
 
 Func = Callable[[Any], Any]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class JobResult:
-    """One finished micro-batch: its index in the call and its value per partition.
-
-    With ``return_exceptions=True`` a failed job has ``values=None`` and ``error`` set.
-    """
-
-    index: int
-    values: list[Any] | None
-    error: TaskError | None = None
+T = TypeVar("T")
 
 
 class Engine:
@@ -163,19 +153,46 @@ class Engine:
 
     # -- datasets and streams --------------------------------------------------------------
 
-    def parallelize(self, data: Iterable[Any], partitions: int | None = None) -> Dataset:
+    def parallelize(self, data: Iterable[T], partitions: int | None = None) -> Dataset[T]:
         """A dataset of ``data`` split into contiguous partitions, held by the driver and
         shipped once to the slot each partition is pinned to."""
         return parallelize(self.session, data, partitions or self.session.default_partitions())
 
-    def generate(self, func: Callable[[int], Iterable[Any]], partitions: int) -> Dataset:
+    def generate(self, func: Callable[[int], Iterable[T]], partitions: int) -> Dataset[T]:
         """A dataset whose partition ``p`` is ``func(p)``, computed on the slot (no shipping)."""
         if not callable(func):
             raise TypeError("generate() needs a callable func(partition) -> iterable")
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
         source = FunctionSource(self.session.new_node_id(), func)
-        return Dataset(self.session, partitions=partitions, source=source)
+        dataset: Dataset[T] = Dataset(self.session, partitions=partitions, source=source)
+        return dataset
+
+    @overload
+    def stream(
+        self,
+        source: Callable[[int, int], Iterable[T]],
+        partitions: int | None = None,
+        *,
+        batch_interval: float | None = None,
+        start: float | None = None,
+        batches: int | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+    ) -> Stream[T]: ...
+
+    @overload
+    def stream(
+        self,
+        source: Source,
+        partitions: int | None = None,
+        *,
+        batch_interval: float | None = None,
+        start: float | None = None,
+        batches: int | None = None,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+    ) -> Stream[Any]: ...
 
     def stream(
         self,
@@ -187,7 +204,7 @@ class Engine:
         batches: int | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         name: str | None = None,
-    ) -> Stream:
+    ) -> Stream[Any]:
         """A stream of micro-batches read on the slots.
 
         ``source`` is a connector (``adrizzle.connectors``: Redis Streams, Kafka, files, or
@@ -226,13 +243,13 @@ class Engine:
 
     def stream_from(
         self,
-        items: AsyncIterable[Any],
+        items: AsyncIterable[T],
         partitions: int | None = None,
         *,
         batch_interval: float = 0.05,
         max_batch: int = 100_000,
         checkpoint_dir: str | os.PathLike[str] | None = None,
-    ) -> Stream:
+    ) -> Stream[T]:
         """A stream of the items of an async iterator (live input): every ``batch_interval``
         seconds (or ``max_batch`` items) what arrived becomes one micro-batch, shipped to the
         slots split into ``partitions``. Ends when the iterator does. A stateful stream keeps
@@ -266,11 +283,61 @@ class Engine:
             return name, checkpoint_dir
         return name, default / name
 
+    # -- shared variables ------------------------------------------------------------------
+
+    def broadcast(self, value: T) -> Broadcast[T]:
+        """``value`` pickled once and shipped once to every worker (also to workers that join
+        later), cached in its slots: use ``b.value`` inside any function. ``b.unpersist()``
+        frees it on the workers (so does dropping every reference to ``b`` on the driver).
+
+        >>> rates = engine.broadcast({"EUR": 1.08, "GBP": 1.27})  # doctest: +SKIP
+        >>> usd = prices.map(lambda p: p.amount * rates.value[p.currency])  # doctest: +SKIP
+        """
+        return self.session.shared.broadcast(value)
+
+    def accumulator(
+        self,
+        zero: T,
+        combine: Callable[[T, T], T] = operator.add,
+        *,
+        name: str | None = None,
+    ) -> Accumulator[T]:
+        """A value tasks add to with ``acc.add(x)`` (folded with ``combine``: associative, with
+        ``zero`` its identity) and the driver reads as ``acc.value``. Each successful task's
+        updates count once: they come back with its job's results and are applied when the
+        job is delivered, so ``acc.value`` is final when the call that ran the job returns; a
+        task of an attempt dropped after a worker loss (map tasks re-run from lineage too) or
+        of a failed job counts nothing, nor does a stream batch replayed after a roll-back.
+        ``name``: listed under ``statistics()["accumulators"]``.
+
+        >>> seen = engine.accumulator(0)  # doctest: +SKIP
+        >>> await data.map(lambda x: seen.add(1) or x).count()  # doctest: +SKIP
+        >>> seen.value  # doctest: +SKIP
+        """
+        if not callable(combine):
+            raise TypeError(f"accumulator(combine=) needs a callable, got {type(combine).__name__}")
+        return self.session.shared.accumulator(zero, combine, name)
+
+    async def add_module(self, module_or_path: object) -> None:
+        """Make the user's own code importable on every worker's slots, also on workers that
+        join later: a module object (its top-level package is shipped when it is inside one),
+        a module name, a ``.py`` file, a package directory or a ``.zip`` file. Functions from
+        such modules are pickled by reference, so without this a worker that cannot import
+        the module fails the group (``SerializationError``, reported by the slot after the
+        launch). The archive is made once here and sent once per worker; slots import from
+        it (a module already imported in a slot is not reloaded). ``Engine(py_files=[...])``
+        ships files at start.
+
+        >>> import my_pipeline_helpers  # doctest: +SKIP
+        >>> await engine.add_module(my_pipeline_helpers)  # doctest: +SKIP
+        """
+        await self.session.add_code(module_or_path)
+
     # -- jobs ----------------------------------------------------------------------------
 
     async def run_jobs(
         self,
-        datasets: Sequence[Dataset],
+        datasets: Sequence[Dataset[Any]],
         funcs: Func | Sequence[Func],
         group_size: GroupSize = 1,
         *,
@@ -305,7 +372,7 @@ class Engine:
 
     async def iter_jobs(
         self,
-        datasets: Sequence[Dataset],
+        datasets: Sequence[Dataset[Any]],
         funcs: Func | Sequence[Func],
         group_size: GroupSize = 1,
         *,
@@ -347,17 +414,11 @@ class Engine:
 
     def statistics(self) -> dict[str, Any]:
         """A plain-dict snapshot of driver state (the status server reads only this)."""
-        return {"version": __version__, **self.session.statistics()}
+        return {
+            "version": __version__,
+            **self.session.statistics(),
+            "accumulators": self.session.shared.named(),
+        }
 
 
-async def results_of(
-    session: DriverSession, run: RunExecution, timeout: float | None, return_exceptions: bool
-) -> AsyncIterator[JobResult]:
-    """A run's outcomes as ``JobResult``s; the run is finished with when the caller stops."""
-    try:
-        async for outcome in run.outcomes(timeout):
-            if outcome.error is not None and not return_exceptions:
-                raise outcome.error
-            yield JobResult(outcome.index, outcome.values, outcome.error)
-    finally:
-        session.finished(run)
+__all__ = ["Engine", "JobResult", "results_of"]

@@ -16,8 +16,10 @@ Sources (``adrizzle.api.stream_source``):
 - live (``engine.stream_from(async_iterator, partitions)``): what arrives on the driver within
   each batch interval becomes one micro-batch, shipped to the slots.
 
-State: ``update_state`` and the windows keep per-key state on the slot that owns the partition
-(the slot's state store, keyed by state id and partition); only outputs travel. Batches of a
+Operators: those of ``Dataset`` apply per micro-batch (joins and unions also with a fixed
+``Dataset``, a table). State: ``update_state`` and the windows (``adrizzle.api.stream_state``)
+keep per-key state on the slot that owns the partition (the slot's state store, keyed by state
+id and partition); only outputs travel. Batches of a
 partition apply in batch order; a second ``run()`` continues with the source's next batch.
 
 Fault tolerance: the state is checkpointed at group boundaries (``adrizzle.driver.checkpoint``).
@@ -36,44 +38,44 @@ of the stream (a run spans at most a few groups), their state restored from the 
 
 from __future__ import annotations
 
-import functools
-import operator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from adrizzle.api.dataset import Dataset
+from adrizzle.api.dataset import Dataset, check_function
 from adrizzle.api.stream_run import StreamBatch, StreamRun
 from adrizzle.api.stream_source import StreamOrigin
+from adrizzle.api.stream_state import StreamState, positive
 from adrizzle.connectors.base import Sink as ConnectorSink
 from adrizzle.connectors.base import Source as ConnectorSource
-from adrizzle.plan.state import StateUpdate, update_by_key
-from adrizzle.plan.windows import (
-    WindowResult,
-    WindowSpec,
-    assign_windows,
-    close_windows,
-    merge_marked,
-)
+from adrizzle.plan.windows import WindowResult
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import AsyncIterable, Callable, Iterable
+    from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 
     from adrizzle.api.stream_source import BuildContext
     from adrizzle.connectors.base import Sink, Source
     from adrizzle.driver.adaptive import GroupSize
     from adrizzle.driver.session import DriverSession
 
+T = TypeVar("T")
+U = TypeVar("U")
+K = TypeVar("K")
+V = TypeVar("V")
+W = TypeVar("W")
+C = TypeVar("C")
 
-class Stream:
-    """A micro-batch stream. Build with ``engine.stream(...)`` or ``engine.stream_from(...)``,
-    transform like a ``Dataset``, then ``run()`` (an async iterator of ``StreamBatch``) or
+
+class Stream(StreamState[T]):
+    """A micro-batch stream of ``T``. Build with ``engine.stream(...)`` or
+    ``engine.stream_from(...)``, transform like a ``Dataset`` (per micro-batch), keep state
+    (``update_state``, windows), then ``run()`` (an async iterator of ``StreamBatch``) or
     ``drain()``."""
 
     def __init__(
         self,
         origin: StreamOrigin,
         partitions: int,
-        build: Callable[[BuildContext], Dataset],
+        build: Callable[[BuildContext], Dataset[Any]],
         sinks: tuple[Callable[[StreamBatch], Any], ...] = (),
         state_ids: frozenset[int] = frozenset(),
         worker_sink: Sink | None = None,
@@ -105,7 +107,7 @@ class Stream:
         batches: int | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         name: str = "stream",
-    ) -> Stream:
+    ) -> Stream[Any]:
         connector = source if isinstance(source, ConnectorSource) else None
         if connector is not None:
             found = connector.partitions()  # SourceError when the broker cannot tell
@@ -119,8 +121,7 @@ class Stream:
                 "a stream source is a connector (adrizzle.connectors) or a callable "
                 f"source(batch, partition), not {type(source).__name__}"
             )
-        partitions = partitions or session.default_partitions()
-        _check_partitions(partitions)
+        partitions = positive(partitions or session.default_partitions(), 1)
         if batch_interval is not None and not batch_interval > 0:
             raise ValueError(f"batch_interval must be > 0 seconds, got {batch_interval}")
         if batches is not None and batches < 0:
@@ -149,10 +150,10 @@ class Stream:
         max_batch: int,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         name: str = "stream",
-    ) -> Stream:
+    ) -> Stream[Any]:
         if not hasattr(items, "__aiter__"):
             raise TypeError(f"stream_from() needs an async iterable, got {type(items).__name__}")
-        _check_partitions(partitions)
+        positive(partitions, 1)
         if not batch_interval > 0:
             raise ValueError(f"batch_interval must be > 0 seconds, got {batch_interval}")
         if max_batch < 1:
@@ -170,10 +171,10 @@ class Stream:
 
     def _derive(
         self,
-        build: Callable[[BuildContext], Dataset],
+        build: Callable[[BuildContext], Dataset[Any]],
         partitions: int | None = None,
         state_ids: frozenset[int] = frozenset(),
-    ) -> Stream:
+    ) -> Stream[Any]:
         return Stream(
             self.origin,
             partitions or self.partitions,
@@ -183,171 +184,204 @@ class Stream:
             self.worker_sink,
         )
 
-    def dataset(self, ctx: BuildContext) -> Dataset:
+    def dataset(self, ctx: BuildContext) -> Dataset[T]:
         """This stream's dataset in the run ``ctx`` builds (each node built once per run)."""
         ds = ctx.memo.get(id(self))
         if ds is None:
             ds = ctx.memo[id(self)] = self._build(ctx)
         return ds
 
-    # -- per-batch operators (those of Dataset) -------------------------------------------
+    def _per_batch(
+        self, op: Callable[[Dataset[T]], Dataset[U]], partitions: int | None = None
+    ) -> Stream[U]:
+        """The stream whose batch ``b`` is ``op`` of this stream's batch ``b``."""
+        return self._derive(lambda ctx: op(self.dataset(ctx)), partitions)
 
-    def _narrow(self, name: str, func: Callable[..., Any]) -> Stream:
-        if not callable(func):
-            raise TypeError(f"{name}() needs a callable, got {type(func).__name__}")
-        return self._derive(lambda ctx: getattr(self.dataset(ctx), name)(func))
-
-    def map(self, func: Callable[[Any], Any]) -> Stream:
-        return self._narrow("map", func)
-
-    def filter(self, func: Callable[[Any], bool]) -> Stream:
-        return self._narrow("filter", func)
-
-    def flat_map(self, func: Callable[[Any], Iterable[Any]]) -> Stream:
-        return self._narrow("flat_map", func)
-
-    def map_partitions(self, func: Callable[[Any], Iterable[Any]]) -> Stream:
-        return self._narrow("map_partitions", func)
-
-    def reduce_by_key(
-        self, func: Callable[[Any, Any], Any], partitions: int | None = None
-    ) -> Stream:
-        """Per micro-batch: ``(key, value)`` -> one ``(key, reduced)`` per key."""
-        if not callable(func):
-            raise TypeError("reduce_by_key() needs a callable func(a, b)")
-        n = _partitions(partitions, self.partitions)
-        return self._derive(lambda ctx: self.dataset(ctx).reduce_by_key(func, n), n)
-
-    def group_by_key(self, partitions: int | None = None) -> Stream:
-        n = _partitions(partitions, self.partitions)
-        return self._derive(lambda ctx: self.dataset(ctx).group_by_key(n), n)
-
-    def count_by_key(self, partitions: int | None = None) -> Stream:
-        n = _partitions(partitions, self.partitions)
-        return self._derive(lambda ctx: self.dataset(ctx).count_by_key(n), n)
-
-    def join(self, other: Stream | Dataset, partitions: int | None = None) -> Stream:
-        """Inner join per micro-batch with another stream's same batch, or with a fixed
-        ``Dataset`` (a table, e.g. ads to campaigns): ``(key, (left, right))``."""
-        n = _partitions(partitions, self.partitions)
+    def _with(
+        self,
+        name: str,
+        other: Stream[Any] | Dataset[Any],
+        op: Callable[[Dataset[T], Dataset[Any]], Dataset[U]],
+        partitions: int | None,
+    ) -> Stream[U]:
+        """Per batch, ``op`` with another stream's same batch or with a fixed dataset."""
         if isinstance(other, Dataset):
             if other.session is not self.session:
-                raise ValueError("join: the dataset belongs to another engine")
+                raise ValueError(f"{name}: the dataset belongs to another engine")
             table = other
-            return self._derive(lambda ctx: self.dataset(ctx).join(table, n), n)
+            return self._derive(lambda ctx: op(self.dataset(ctx), table), partitions)
         if not isinstance(other, Stream):
-            raise TypeError(f"join() needs a Stream or a Dataset, got {type(other).__name__}")
+            raise TypeError(f"{name}() needs a Stream or a Dataset, got {type(other).__name__}")
         if other.origin is not self.origin:
-            raise ValueError("join: both streams must come from the same source")
+            raise ValueError(f"{name}: both streams must come from the same source")
         return self._derive(
-            lambda ctx: self.dataset(ctx).join(other.dataset(ctx), n), n, other.state_ids
+            lambda ctx: op(self.dataset(ctx), other.dataset(ctx)), partitions, other.state_ids
         )
 
-    # -- state ---------------------------------------------------------------------------
+    # -- per-batch operators (those of Dataset) -------------------------------------------
 
-    def _stateful(
-        self,
-        before: Callable[[Dataset], Dataset],
-        func: Callable[[dict[Any, Any], Any, int, bool], Iterable[Any]],
-        partitions: int,
-    ) -> Stream:
-        state_id = self.session.new_node_id()
-        origin = self.origin
-        origin.state_names[state_id] = f"state-{len(origin.state_names)}"
-        origin.state_partitions[state_id] = partitions
-        first: list[int] = []
+    def map(self, func: Callable[[T], U]) -> Stream[U]:
+        check_function("map", func)
+        return self._per_batch(lambda ds: ds.map(func))
 
-        def build(ctx: BuildContext) -> Dataset:
-            if not first:
-                first.append(ctx.run_first)
-            update = StateUpdate(state_id, first[0], ctx.run_first, func, ctx.last_batch)
-            return before(self.dataset(ctx)).with_state(update)
+    def filter(self, func: Callable[[T], object]) -> Stream[T]:
+        check_function("filter", func)
+        return self._per_batch(lambda ds: ds.filter(func))
 
-        stream = self._derive(build, partitions, frozenset({state_id}))
-        # The slots drop this state once the stream is gone (piggybacked on a later launch),
-        # and the driver its checkpoint.
-        self.session.release_with(stream, state_id)
-        return stream
+    def flat_map(self, func: Callable[[T], Iterable[U]]) -> Stream[U]:
+        check_function("flat_map", func)
+        return self._per_batch(lambda ds: ds.flat_map(func))
 
-    def update_state(
-        self,
-        func: Callable[[list[Any], Any], Any],
-        *,
-        combine: Callable[[Any, Any], Any] | None = None,
+    def map_partitions(self, func: Callable[[Iterator[T]], Iterable[U]]) -> Stream[U]:
+        check_function("map_partitions", func)
+        return self._per_batch(lambda ds: ds.map_partitions(func))
+
+    def map_partitions_with_index(
+        self, func: Callable[[int, Iterator[T]], Iterable[U]]
+    ) -> Stream[U]:
+        check_function("map_partitions_with_index", func)
+        return self._per_batch(lambda ds: ds.map_partitions_with_index(func))
+
+    def map_async(self, func: Callable[[T], Awaitable[U]], concurrency: int = 16) -> Stream[U]:
+        """``await func(x)`` per item on the slot's event loop (see ``Dataset.map_async``)."""
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be a positive int, got {concurrency!r}")
+        return self._per_batch(lambda ds: ds.map_async(func, concurrency))
+
+    def key_by(self, func: Callable[[T], K]) -> Stream[tuple[K, T]]:
+        check_function("key_by", func)
+        return self._per_batch(lambda ds: ds.key_by(func))
+
+    def map_values(self: Stream[tuple[K, V]], func: Callable[[V], U]) -> Stream[tuple[K, U]]:
+        check_function("map_values", func)
+        return self._per_batch(lambda ds: ds.map_values(func))
+
+    def keys(self: Stream[tuple[K, V]]) -> Stream[K]:
+        return self._per_batch(lambda ds: ds.keys())
+
+    def values(self: Stream[tuple[K, V]]) -> Stream[V]:
+        return self._per_batch(lambda ds: ds.values())
+
+    def reduce_by_key(
+        self: Stream[tuple[K, V]], func: Callable[[V, V], V], partitions: int | None = None
+    ) -> Stream[tuple[K, V]]:
+        """Per micro-batch: ``(key, value)`` -> one ``(key, reduced)`` per key."""
+        check_function("reduce_by_key", func)
+        n = positive(partitions, self.partitions)
+        return self._per_batch(lambda ds: ds.reduce_by_key(func, n), n)
+
+    def combine_by_key(
+        self: Stream[tuple[K, V]],
+        create: Callable[[V], C],
+        merge_value: Callable[[C, V], C],
+        merge_combiners: Callable[[C, C], C],
         partitions: int | None = None,
-    ) -> Stream:
-        """Per-key state: for each key with new values in a micro-batch,
-        ``new_state = func(values, state_or_None)``; emits ``(key, new_state)`` for those keys.
-        Returning None deletes the key's state. The state stays on the slot that owns the key's
-        partition. With ``combine`` the values are pre-combined per key (``reduce_by_key``) and
-        ``func`` gets a one-item list.
-
-        >>> totals = stream.map(lambda x: ("sum", x)).update_state(  # doctest: +SKIP
-        ...     lambda values, total: (total or 0) + sum(values), combine=operator.add)
-        """
-        if not callable(func):
-            raise TypeError("update_state() needs a callable func(values, state)")
-        if combine is not None and not callable(combine):
-            raise TypeError("update_state(combine=) needs a callable combine(a, b)")
-        n = _partitions(partitions, self.partitions)
-
-        def before(ds: Dataset) -> Dataset:
-            return ds.reduce_by_key(combine, n) if combine is not None else ds.group_by_key(n)
-
-        step = functools.partial(update_by_key, func, combine is not None)
-        return self._stateful(before, step, n)
-
-    def window_reduce(
-        self,
-        func: Callable[[Any, Any], Any],
-        window: float,
-        *,
-        event_time: Callable[[Any], float],
-        slide: float | None = None,
-        lateness: float = 0.0,
-        partitions: int | None = None,
-        value: Callable[[Any], Any] | None = None,
-    ) -> Stream:
-        """Event-time windows over ``(key, value)`` items: per key and window, the values
-        reduced with ``func``, emitted once (a ``WindowResult``) when the watermark (largest
-        event time seen minus ``lateness``) passes the window's end. ``event_time(item)`` is in
-        the unit of ``window``; ``slide`` < ``window`` makes sliding windows (default tumbling).
-        ``value(item)`` replaces the item's value when given."""
-        if not callable(func) or not callable(event_time):
-            raise TypeError("window_reduce() needs callables func(a, b) and event_time(item)")
-        spec = WindowSpec(window, window if slide is None else slide, lateness)
-        n = _partitions(partitions, self.partitions)
-        assign = functools.partial(assign_windows, spec, event_time, value, n)
-        merge = functools.partial(merge_marked, func)
-
-        def before(ds: Dataset) -> Dataset:
-            return ds.map_partitions(assign).reduce_by_key(merge, n)
-
-        return self._stateful(before, functools.partial(close_windows, spec, func), n)
-
-    def window_count(
-        self,
-        window: float,
-        *,
-        event_time: Callable[[Any], float],
-        slide: float | None = None,
-        lateness: float = 0.0,
-        partitions: int | None = None,
-    ) -> Stream:
-        """Items per key per event-time window (see ``window_reduce``)."""
-        return self.window_reduce(
-            operator.add,
-            window,
-            event_time=event_time,
-            slide=slide,
-            lateness=lateness,
-            partitions=partitions,
-            value=_one,
+    ) -> Stream[tuple[K, C]]:
+        n = positive(partitions, self.partitions)
+        for f in (create, merge_value, merge_combiners):
+            check_function("combine_by_key", f)
+        return self._per_batch(
+            lambda ds: ds.combine_by_key(create, merge_value, merge_combiners, n), n
         )
+
+    def aggregate_by_key(
+        self: Stream[tuple[K, V]],
+        zero: U,
+        seq_func: Callable[[U, V], U],
+        comb_func: Callable[[U, U], U],
+        partitions: int | None = None,
+    ) -> Stream[tuple[K, U]]:
+        n = positive(partitions, self.partitions)
+        check_function("aggregate_by_key", seq_func)
+        check_function("aggregate_by_key", comb_func)
+        return self._per_batch(lambda ds: ds.aggregate_by_key(zero, seq_func, comb_func, n), n)
+
+    def group_by_key(
+        self: Stream[tuple[K, V]], partitions: int | None = None
+    ) -> Stream[tuple[K, list[V]]]:
+        n = positive(partitions, self.partitions)
+        return self._per_batch(lambda ds: ds.group_by_key(n), n)
+
+    def count_by_key(
+        self: Stream[tuple[K, Any]], partitions: int | None = None
+    ) -> Stream[tuple[K, int]]:
+        n = positive(partitions, self.partitions)
+        return self._per_batch(lambda ds: ds.count_by_key(n), n)
+
+    def distinct(self, partitions: int | None = None) -> Stream[T]:
+        """Each distinct item of a micro-batch once."""
+        n = positive(partitions, self.partitions)
+        return self._per_batch(lambda ds: ds.distinct(n), n)
+
+    def repartition(self, partitions: int) -> Stream[T]:
+        n = positive(partitions, self.partitions)
+        return self._per_batch(lambda ds: ds.repartition(n), n)
+
+    def sort_by_key(
+        self: Stream[tuple[K, V]], ascending: bool = True, partitions: int | None = None
+    ) -> Stream[tuple[K, V]]:
+        """Each micro-batch sorted by key (its values in order; see ``Dataset.sort_by_key``)."""
+        n = positive(partitions, self.partitions)
+        return self._per_batch(lambda ds: ds.sort_by_key(ascending, n), n)
+
+    def sort_by(
+        self, func: Callable[[T], Any], ascending: bool = True, partitions: int | None = None
+    ) -> Stream[T]:
+        check_function("sort_by", func)
+        n = positive(partitions, self.partitions)
+        return self._per_batch(lambda ds: ds.sort_by(func, ascending, n), n)
+
+    def join(
+        self: Stream[tuple[K, V]],
+        other: Stream[tuple[K, W]] | Dataset[tuple[K, W]],
+        partitions: int | None = None,
+    ) -> Stream[tuple[K, tuple[V, W]]]:
+        """Inner join per micro-batch with another stream's same batch, or with a fixed
+        ``Dataset`` (a table, e.g. ads to campaigns): ``(key, (left, right))``."""
+        n = positive(partitions, self.partitions)
+        return self._with("join", other, lambda a, b: a.join(b, n), n)
+
+    def left_outer_join(
+        self: Stream[tuple[K, V]],
+        other: Stream[tuple[K, W]] | Dataset[tuple[K, W]],
+        partitions: int | None = None,
+    ) -> Stream[tuple[K, tuple[V, W | None]]]:
+        n = positive(partitions, self.partitions)
+        return self._with("left_outer_join", other, lambda a, b: a.left_outer_join(b, n), n)
+
+    def right_outer_join(
+        self: Stream[tuple[K, V]],
+        other: Stream[tuple[K, W]] | Dataset[tuple[K, W]],
+        partitions: int | None = None,
+    ) -> Stream[tuple[K, tuple[V | None, W]]]:
+        n = positive(partitions, self.partitions)
+        return self._with("right_outer_join", other, lambda a, b: a.right_outer_join(b, n), n)
+
+    def full_outer_join(
+        self: Stream[tuple[K, V]],
+        other: Stream[tuple[K, W]] | Dataset[tuple[K, W]],
+        partitions: int | None = None,
+    ) -> Stream[tuple[K, tuple[V | None, W | None]]]:
+        n = positive(partitions, self.partitions)
+        return self._with("full_outer_join", other, lambda a, b: a.full_outer_join(b, n), n)
+
+    def cogroup(
+        self: Stream[tuple[K, V]],
+        other: Stream[tuple[K, W]] | Dataset[tuple[K, W]],
+        partitions: int | None = None,
+    ) -> Stream[tuple[K, tuple[list[V], list[W]]]]:
+        n = positive(partitions, self.partitions)
+        return self._with("cogroup", other, lambda a, b: a.cogroup(b, n), n)
+
+    def union(self, other: Stream[T] | Dataset[T]) -> Stream[T]:
+        """Per micro-batch, this stream's partitions then ``other``'s (another stream of the
+        same source, or a fixed dataset): narrow, see ``Dataset.union``."""
+        n = self.partitions + getattr(other, "partitions", 0)
+        return self._with("union", other, lambda a, b: a.union(b), n)
 
     # -- output --------------------------------------------------------------------------
 
-    def sink(self, target: Callable[[StreamBatch], Any] | Sink) -> Stream:
+    def sink(self, target: Callable[[StreamBatch], Any] | Sink) -> Stream[T]:
         """Where the output goes.
 
         A ``Sink`` (``adrizzle.connectors``: Postgres, Redis, files, or your own): each
@@ -381,7 +415,7 @@ class Stream:
         self,
         batches: int | None = None,
         *,
-        group_size: GroupSize = 1,
+        group_size: GroupSize = "auto",
         timeout: float | None = None,
         pre_schedule: bool = True,
     ) -> StreamRun:
@@ -389,7 +423,10 @@ class Stream:
         unbounded source). Iterate with ``async for`` to get each batch's ``StreamBatch`` as
         soon as it is done; sinks are called before it is yielded. ``timeout``: a run of
         batches failing to finish within this many seconds after its last batch was due
-        raises ``RunTimeoutError``."""
+        raises ``RunTimeoutError``. ``group_size``: micro-batches per group, ``"auto"`` (the
+        default: adapted to the measured coordination overhead, see ``AdaptiveGroupSize``),
+        an int (1 is the BSP baseline) or an ``AdaptiveGroupSize``. A user function that
+        raises fails the run with ``TaskError``, whose ``batch`` is the stream's batch."""
         if batches is not None and batches < 0:
             raise ValueError(f"batches must be >= 0, got {batches}")
         return StreamRun(self, batches, group_size, timeout, pre_schedule)
@@ -398,7 +435,7 @@ class Stream:
         self,
         batches: int | None = None,
         *,
-        group_size: GroupSize = 1,
+        group_size: GroupSize = "auto",
         timeout: float | None = None,
     ) -> int:
         """Run (see ``run``) for the sinks only; return the number of batches run."""

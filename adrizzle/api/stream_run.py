@@ -19,11 +19,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from adrizzle.api.dataset import job_programs
-from adrizzle.api.engine import results_of
+from adrizzle.api.running import results_of
 from adrizzle.api.stream_source import BuildContext, feed_live, wait_cut
 from adrizzle.driver.adaptive import resolve_group_size
 from adrizzle.driver.execution import OffsetRun
-from adrizzle.errors import ReplayNeeded, StateRollback
+from adrizzle.errors import ReplayNeeded, StateRollback, TaskError
 from adrizzle.plan.offsets import WorkerSink
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class StreamRun:
 
     def __init__(
         self,
-        stream: Stream,
+        stream: Stream[Any],
         batches: int | None,
         group_size: GroupSize,
         timeout: float | None,
@@ -252,17 +252,20 @@ class StreamRun:
                     )
                     # ``datasets`` stays referenced during the run: a dataset collected on
                     # the driver releases its source blocks on the slots.
-                    async for job in results_of(session, run, timeout, False):
+                    async for job in results_of(session, run, timeout, False, settle=False):
                         assert job.values is not None
                         b = first + job.index
-                        if not cursor.deliver(b):
+                        # Accumulator updates count once: not again for a replayed batch.
+                        delivered = cursor.deliver(b)
+                        values_of = session.shared.settle(job.values, apply=delivered)
+                        if not delivered:
                             continue  # replayed for the state only: delivered before
                         origin.next_batch = cursor.next_batch
                         positions = None
                         if offsets is not None:  # logged before it is delivered
                             await session.wait_logged(origin.name, b)
                             positions = offsets.entries.get(b)
-                        values = [v for part in job.values for v in part]
+                        values = [v for part in values_of for v in part]
                         batch = StreamBatch(b, values, time.time(), origin.due(b), positions)
                         origin.cut_at.pop(b, None)
                         for sink in stream.sinks:
@@ -270,6 +273,8 @@ class StreamRun:
                             if inspect.isawaitable(result):
                                 await result
                         yield batch
+                except TaskError as exc:
+                    raise exc.at_batch(first + exc.job) from None
                 except ReplayNeeded as exc:
                     log.info("%s", exc)
                     cursor.replay_from(exc.from_batch)

@@ -82,7 +82,7 @@ class StreamOrigin:
             return None
         return self.start + (batch + 1) * self.batch_interval
 
-    def dataset(self, ctx: BuildContext) -> Dataset:
+    def dataset(self, ctx: BuildContext) -> Dataset[Any]:
         if self.live is not None:
             b = ctx.batch
             assert b is not None
@@ -125,7 +125,7 @@ class BuildContext:
     last_batch: int | None
     batch: int | None = None
     keep: bool = False  # keep a live batch's items for a replay
-    memo: dict[int, Dataset] = dataclasses.field(default_factory=dict)
+    memo: dict[int, Dataset[Any]] = dataclasses.field(default_factory=dict)
     run_end: int = 0  # the run's batches are run_first .. run_end - 1
 
 

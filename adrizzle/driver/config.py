@@ -61,6 +61,9 @@ class EngineConfig:
             this machine (0: none, workers dial in).
         local_cores: slots per local worker.
         local_worker_args: extra ``adrizzle-worker`` flags for every local worker.
+        py_files: the user's own code for the workers: ``.py`` files, package directories,
+            ``.zip`` files (or module names), shipped once to every worker, also to workers
+            that join later, and importable in its slots (see ``Engine.add_module``).
     """
 
     listen: str = "127.0.0.1:7077"
@@ -85,6 +88,7 @@ class EngineConfig:
     local_workers: int = 0
     local_cores: int = 1
     local_worker_args: tuple[str, ...] = ()
+    py_files: tuple[str | os.PathLike[str], ...] = ()
 
     def __post_init__(self) -> None:
         positive = {
@@ -114,6 +118,9 @@ class EngineConfig:
                 raise ValueError(f"EngineConfig.{name} must be >= 0, got {value!r}")
         if not isinstance(self.local_worker_args, tuple):
             object.__setattr__(self, "local_worker_args", tuple(self.local_worker_args))
+        if isinstance(self.py_files, str) or not isinstance(self.py_files, tuple):
+            files = [self.py_files] if isinstance(self.py_files, str) else self.py_files
+            object.__setattr__(self, "py_files", tuple(files))
 
     def replace(self, **changes: Any) -> EngineConfig:
         """A copy with ``changes``; an unknown name is a ``TypeError`` naming it."""

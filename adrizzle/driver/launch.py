@@ -9,6 +9,7 @@ import cloudpickle
 
 from adrizzle.errors import SerializationError
 from adrizzle.plan.program import ShippedSource, ShuffleRead, stage_waves
+from adrizzle.plan.union import UnionRead
 from adrizzle.wire.messages import LaunchGroup
 
 if TYPE_CHECKING:
@@ -152,4 +153,6 @@ class LaunchEncoder:
                     parts = list(range(slot_index, stage.partitions, n))
                     if parts:
                         out.append((stage.input.node_id, parts))
+                elif isinstance(stage.input, UnionRead):  # its sides' sources, by side index
+                    out += stage.input.shipped(list(range(slot_index, stage.partitions, n)))
         return out

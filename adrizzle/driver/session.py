@@ -3,6 +3,7 @@
 ``Engine`` (the façade in ``adrizzle.api.engine``), ``Dataset`` and ``Stream`` reach the driver
 only through these methods and attributes (docs/architecture.md, "Layers"):
 
+- shared: ``shared`` (broadcast values, user code, accumulators: ``SharedVariables``);
 - datasets: ``new_node_id()``, ``add_source(node_id, partitions)``, ``release_with(owner,
   node_id)`` (drop a node's blocks on the slots and its checkpoints once ``owner`` is
   collected), ``default_partitions()``;
@@ -29,6 +30,7 @@ from adrizzle.driver.adaptive import resolve_group_size
 from adrizzle.driver.blocks import BlockRegistry
 from adrizzle.driver.checkpoint import StateCheckpoints
 from adrizzle.driver.cluster import Cluster, WorkerHandle
+from adrizzle.driver.code import archive_of
 from adrizzle.driver.execution import OffsetRun, RunExecution, StatefulRun
 from adrizzle.driver.jobs import StatePolicy
 from adrizzle.driver.launch import run_waves
@@ -38,6 +40,7 @@ from adrizzle.driver.offset_log import OffsetLog
 from adrizzle.driver.placement import interleave_slots
 from adrizzle.driver.restore import plan_restore
 from adrizzle.driver.run_state import RunScheduler
+from adrizzle.driver.shared import SharedVariables
 from adrizzle.errors import AdrizzleError, NoWorkersError
 from adrizzle.plan.program import state_steps
 from adrizzle.wire import auth
@@ -77,6 +80,8 @@ class DriverSession:
         self.token = token
         self.checkpoints = StateCheckpoints(config.checkpoint_dir)
         self.blocks = BlockRegistry()
+        # Broadcast values, user code and accumulators (shipped to each worker once).
+        self.shared = SharedVariables(self.new_node_id, lambda: list(self.cluster.workers.values()))
         self.metrics = DriverMetrics()
         self.frames = FrameCounter()
         self.runs: set[RunExecution] = set()
@@ -112,6 +117,8 @@ class DriverSession:
 
     async def start(self) -> None:
         """Listen, then start the local workers (if any) and wait until they joined."""
+        for path in self.config.py_files:  # every worker gets them when it joins
+            await self.add_code(path)
         await self.cluster.start()
         n = self.config.local_workers
         if n:
@@ -159,6 +166,13 @@ class DriverSession:
         with a later launch) and the driver its source data and checkpoints."""
         weakref.finalize(owner, self.blocks.release, node_id)
         weakref.finalize(owner, self.checkpoints.release, node_id)
+
+    async def add_code(self, module_or_path: object) -> str:
+        """Ship a module, package or zip file to every worker's slots (``driver/code.py``);
+        returns the archive's name."""
+        name, archive = await asyncio.to_thread(archive_of, module_or_path)
+        self.shared.add_files(name, archive)
+        return name
 
     def default_partitions(self) -> int:
         return max(2, sum(w.cores for w in self.cluster.workers.values()))
@@ -341,6 +355,7 @@ class DriverSession:
             run.on_message(worker, msg, payload)
 
     def _on_joined(self, worker: WorkerHandle) -> None:
+        self.shared.joined(worker)  # before any launch can reach it
         self.blocks.add_worker(worker.id)
         self._broadcast_cluster_view()
         for run in list(self.runs):
@@ -470,6 +485,8 @@ class DriverSession:
                 "bytes_sent": frames["bytes_out"],
                 "bytes_received": frames["bytes_in"],
                 "blocks": self.blocks.statistics(),
+                "shared": self.shared.statistics(),
+                "late_values": self.shared.late_values(),
                 "checkpoints": self.checkpoints.statistics(),
                 "refused_connections": dict(self.cluster.refused),
                 "driver_deaf_s": self.cluster.deaf_statistics(),

@@ -22,6 +22,7 @@ from typing import Any
 
 from adrizzle.errors import StateOrderError
 from adrizzle.plan.offsets import OffsetSource, SourceIO, WorkerSink
+from adrizzle.plan.operators import READERS
 from adrizzle.plan.partitioning import portable_hash
 from adrizzle.plan.state import StateStore, StateUpdate
 
@@ -29,7 +30,10 @@ BlockStore = dict[tuple[int, int], list[Any]]
 Action = Callable[[Iterator[Any]], Any]
 
 MAP, FILTER, FLAT_MAP, MAP_PARTITIONS = "map", "filter", "flat_map", "map_partitions"
-NARROW_KINDS = (MAP, FILTER, FLAT_MAP, MAP_PARTITIONS)
+# ``func(partition, iterator)``: the partition's index comes with its items (Spark's
+# ``mapPartitionsWithIndex``; repartition and sort tag their items with it).
+WITH_INDEX = "map_partitions_with_index"
+NARROW_KINDS = (MAP, FILTER, FLAT_MAP, MAP_PARTITIONS, WITH_INDEX)
 REDUCE, GROUP, JOIN = "reduce_by_key", "group_by_key", "join"
 STATEFUL = "stateful"
 
@@ -109,11 +113,29 @@ Source = ShippedSource | FunctionSource | BatchSource | OffsetSource
 @dataclass(frozen=True, slots=True)
 class ShuffleRead:
     """Reduce side of one shuffle (two for a join): ``shuffles`` is ``((stage, maps), ...)``,
-    the producing stage's index in the job and its number of map partitions."""
+    the producing stage's index in the job and its number of map partitions. The kinds beyond
+    reduce, group and join (outer joins, cogroup, sort, repartition) read with
+    ``adrizzle.plan.operators``."""
 
     kind: str
     shuffles: tuple[tuple[int, int], ...]
-    func: Callable[[Any, Any], Any] | None = None
+    func: Any = None
+
+    def ready_at(self, job: int) -> float | None:
+        """Shuffle inputs are ready when they arrive (a union with a paced source says more)."""
+        return None
+
+    def open(
+        self,
+        partition: int,
+        store: BlockStore,
+        inputs: Any,
+        job: int = 0,
+        io: SourceIO | None = None,
+    ) -> Iterator[Any]:
+        """The stage's input for ``partition`` given what ``read`` returned (a union reads its
+        sources here; see ``adrizzle.plan.union``)."""
+        return iter(inputs)
 
     def read(self, blocks: list[list[Any]]) -> Iterator[Any]:
         """``blocks[i]`` holds the map blocks of ``shuffles[i]``, in map-partition order."""
@@ -131,6 +153,8 @@ class ShuffleRead:
                 for k, v in block:
                     groups.setdefault(k, []).append(v)
             return iter(groups.items())
+        if self.kind != JOIN:
+            return READERS[self.kind](self.func, blocks)
         left: dict[Any, list[Any]] = {}
         for block in blocks[0]:
             for k, v in block:
@@ -145,24 +169,48 @@ class ShuffleRead:
 
 @dataclass(frozen=True, slots=True)
 class ShuffleWrite:
-    """Map side: split a partition's ``(key, value)`` pairs into one block per reducer."""
+    """Map side: split a partition's ``(key, value)`` pairs into one block per reducer.
+
+    ``combine`` (``reduce_by_key``, ``combine_by_key``) combines values per key before the
+    shuffle, starting each key from ``create(value)`` when given. ``direct``: the items are
+    ``(reducer, value)`` pairs that name their reducer (repartition, sort) and blocks hold the
+    values. A shuffle that feeds one side of a union writes ``partitions`` blocks of which only
+    ``offset .. offset + span - 1`` can hold data (that side's reducers are the union's
+    partitions there).
+    """
 
     partitions: int
     combine: Callable[[Any, Any], Any] | None = None
+    create: Callable[[Any], Any] | None = None
+    direct: bool = False
+    offset: int = 0
+    span: int = 0  # 0: all of ``partitions``
 
     def split(self, it: Iterator[Any]) -> list[Any]:
         # Per element only a dict operation (and the combine call); the portable hash runs
         # once per distinct key, which is what makes a Python map task cheap.
         n = self.partitions
+        span = self.span or n
+        off = self.offset
         combine = self.combine
         try:
+            if self.direct:
+                values: list[list[Any]] = [[] for _ in range(n)]
+                for r, v in it:
+                    values[off + r].append(v)
+                return values
             if combine is not None:
                 acc: dict[Any, Any] = {}
-                for k, v in it:
-                    acc[k] = combine(acc[k], v) if k in acc else v
+                create = self.create
+                if create is None:
+                    for k, v in it:
+                        acc[k] = combine(acc[k], v) if k in acc else v
+                else:
+                    for k, v in it:
+                        acc[k] = combine(acc[k], v) if k in acc else create(v)
                 combined: list[dict[Any, Any]] = [{} for _ in range(n)]
                 for k, v in acc.items():
-                    combined[portable_hash(k) % n][k] = v
+                    combined[off + portable_hash(k) % span][k] = v
                 return combined
             pairs: list[list[tuple[Any, Any]]] = [[] for _ in range(n)]
             target: dict[Any, list[tuple[Any, Any]]] = {}
@@ -170,7 +218,7 @@ class ShuffleWrite:
                 k = kv[0]
                 bucket = target.get(k)
                 if bucket is None:
-                    bucket = target[k] = pairs[portable_hash(k) % n]
+                    bucket = target[k] = pairs[off + portable_hash(k) % span]
                 bucket.append((k, kv[1]))
             return pairs
         except (TypeError, ValueError, IndexError) as exc:
@@ -187,14 +235,51 @@ class Step:
     cache: bool
 
 
-def _apply(kind: str, func: Callable[..., Any], it: Iterator[Any]) -> Iterator[Any]:
+def _apply(kind: str, func: Callable[..., Any], it: Iterator[Any], partition: int) -> Iterator[Any]:
     if kind == MAP:
         return map(func, it)
     if kind == FILTER:
         return filter(func, it)
     if kind == FLAT_MAP:
         return itertools.chain.from_iterable(map(func, it))
+    if kind == WITH_INDEX:
+        return iter(func(partition, it))
     return iter(func(it))
+
+
+def run_steps(
+    steps: tuple[Step, ...],
+    partition: int,
+    store: BlockStore,
+    read: Callable[[], Iterator[Any]],
+    states: StateStore | None = None,
+    job: int = 0,
+) -> Iterator[Any]:
+    """``steps`` over ``partition``: from the last cached step present in ``store``, else from
+    ``read()``; cached steps keep their output in ``store``, stateful ones use ``states``."""
+    it: Iterator[Any] | None = None
+    start = 0
+    for i in range(len(steps) - 1, -1, -1):
+        step = steps[i]
+        if step.cache:
+            block = store.get((step.node_id, partition))
+            if block is not None:
+                it, start = iter(block), i + 1
+                break
+    if it is None:
+        it = read()
+    for step in steps[start:]:
+        if step.kind == STATEFUL:
+            if states is None:
+                raise StateOrderError("a stateful step needs the slot's state store")
+            it = step.func(states, partition, it, job)
+            continue
+        it = _apply(step.kind, step.func, it, partition)
+        if step.cache:
+            block = list(it)
+            store[(step.node_id, partition)] = block
+            it = iter(block)
+    return it
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,34 +301,14 @@ class StageProgram:
         """The stage's output iterator for ``partition`` of job ``job`` (``inputs``: the
         shuffle read; ``states``: the slot's state store, for stateful steps; ``io``: the slot's
         connector readers, for connector sources)."""
-        steps = self.steps
-        it: Iterator[Any] | None = None
-        start = 0
-        for i in range(len(steps) - 1, -1, -1):
-            step = steps[i]
-            if step.cache:
-                block = store.get((step.node_id, partition))
-                if block is not None:
-                    it, start = iter(block), i + 1
-                    break
-        if it is None:
-            if inputs is not None:
-                it = inputs
-            else:
-                assert not isinstance(self.input, ShuffleRead)
-                it = self.input.read(partition, store, job, io)
-        for step in steps[start:]:
-            if step.kind == STATEFUL:
-                if states is None:
-                    raise StateOrderError("a stateful step needs the slot's state store")
-                it = step.func(states, partition, it, job)
-                continue
-            it = _apply(step.kind, step.func, it)
-            if step.cache:
-                block = list(it)
-                store[(step.node_id, partition)] = block
-                it = iter(block)
-        return it
+        read = self.input
+
+        def first() -> Iterator[Any]:
+            if isinstance(read, ShuffleRead):
+                return read.open(partition, store, inputs, job, io)
+            return read.read(partition, store, job, io)
+
+        return run_steps(self.steps, partition, store, first, states, job)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +340,7 @@ def stage_waves(stages: tuple[StageProgram, ...]) -> list[list[int]]:
     depth: list[int] = []
     for s in stages:
         if isinstance(s.input, ShuffleRead):
-            depth.append(1 + max(depth[i] for i, _maps in s.input.shuffles))
+            depth.append(1 + max((depth[i] for i, _maps in s.input.shuffles), default=-1))
         else:
             depth.append(0)
     return [[i for i, d in enumerate(depth) if d == w] for w in range(max(depth) + 1)]

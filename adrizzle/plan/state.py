@@ -3,12 +3,15 @@
 A stateful step keeps one ``PartitionState`` per (state id, partition) in the slot that owns the
 partition (the slot's ``StateStore``), across groups and runs; it is never shipped per batch,
 only checkpointed at group boundaries and restored from a checkpoint after a loss or a move.
+``update_by_key`` is ``Stream.update_state``'s step, with per-key timeouts measured on a
+``BatchClock`` (``STATE_TIMEOUT`` is what the user's function gets for a key that timed out).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from adrizzle.errors import StateOrderError
 
@@ -98,4 +101,72 @@ def update_by_key(
             state.pop(k, None)
         else:
             state[k] = new
+    return changes
+
+
+class _StateTimeout(list[Any]):
+    """The ``values`` ``update_state``'s function gets for a key whose state timed out: an
+    empty, read-only list (``values is adrizzle.STATE_TIMEOUT`` tells it apart)."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("STATE_TIMEOUT is read-only")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _read_only
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+
+    def __repr__(self) -> str:
+        return "adrizzle.STATE_TIMEOUT"
+
+    def __reduce__(self) -> str:
+        return "STATE_TIMEOUT"  # the one instance, in every process
+
+
+STATE_TIMEOUT: list[Any] = _StateTimeout()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchClock:
+    """Processing time for a stream's stateful steps: a paced stream's batch ``b`` happens at
+    its interval's end (``start + (b + 1) * interval``: the same on a replay), any other
+    stream's at the slot's wall clock when the batch runs."""
+
+    start: float | None = None
+    interval: float | None = None
+
+    def __call__(self, batch: int) -> float:
+        if self.start is not None and self.interval is not None:
+            return self.start + (batch + 1) * self.interval
+        return time.time()
+
+
+def update_with_timeout(
+    func: Callable[[list[Any], Any], Any],
+    combined: bool,
+    timeout: float,
+    clock: BatchClock,
+    state: dict[Any, Any],
+    items: Iterable[tuple[Any, Any]],
+    batch: int,
+    last: bool,
+) -> list[tuple[Any, Any]]:
+    """``update_by_key`` with per-key timeouts: a key with no values for ``timeout`` seconds of
+    ``clock`` (since its last update) gets ``func(STATE_TIMEOUT, state)`` once; its result is
+    the new state (None drops it) and is emitted as ``(key, result)`` like any update."""
+    now = clock(batch)
+    values: dict[Any, Any] = state.setdefault("values", {})
+    touched: dict[Any, float] = state.setdefault("touched", {})
+    # Computed first, applied after: a func that raises leaves the state as it was.
+    changes = [(k, func([v] if combined else v, values.get(k))) for k, v in items]
+    present = {k for k, _ in changes}
+    expired = [k for k, t in touched.items() if k not in present and now - t >= timeout]
+    changes += [(k, func(STATE_TIMEOUT, values[k])) for k in expired]
+    for k, new in changes:
+        if new is None:
+            values.pop(k, None)
+            touched.pop(k, None)
+        else:
+            values[k] = new
+            touched[k] = now
     return changes

@@ -4,13 +4,15 @@ state that emits a window's final value once the watermark passes its end.
 A window stage of a micro-batch runs as: ``assign_windows`` on each map partition (pairs
 ``((key, window), value)``, plus one ``EventTime`` mark per reducer carrying the largest event
 time the partition saw), ``merge_marked`` as the ``reduce_by_key`` function (combines values,
-keeps the largest mark), then ``close_windows`` as a stateful step on each reduce partition.
-Every reducer receives every map partition's mark, so all of them compute the same watermark:
-``max(event time seen so far) - lateness``. A window ``[start, end)`` is final once
-``end <= watermark``; values for a window already emitted are late and dropped (counted in the
-state). When the source ends, every open window is emitted with ``complete=False``.
+keeps the largest mark and sums the marks' item counts), then ``close_windows`` as a stateful
+step on each reduce partition. Every reducer receives every map partition's mark, so all of
+them compute the same watermark: ``max(event time seen so far) - lateness`` (moved on with
+processing time on a quiet stream with ``idle_timeout``). A window ``[start, end)`` is final
+once ``end <= watermark``; values for a window already emitted are late and dropped (reducer 0
+counts them, one by one, from the item counts per window that travel in its marks). When the
+source ends, every open window is emitted with ``complete=False``.
 
-Pure functions over plain data: no I/O, no clock.
+Pure functions over plain data: no I/O (the idle watermark reads a ``BatchClock``).
 """
 
 from __future__ import annotations
@@ -83,9 +85,12 @@ class WindowResult(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class EventTime:
-    """The largest event time a map partition saw in a micro-batch (travels with the data)."""
+    """The largest event time a map partition saw in a micro-batch (travels with the data).
+    The mark for reducer 0 also counts the partition's items per window (``items``), so that
+    late values are counted one by one although the shuffle combines them per key."""
 
     value: float
+    items: dict[int, int] | None = None
 
 
 class MarkKey:
@@ -122,6 +127,7 @@ def assign_windows(
     latest: float | None = None
     slide = spec.slide
     tumbling = spec.tumbling
+    counts: dict[int, int] = {}
     for item in items:
         t = event_time(item)
         if latest is None or t > latest:
@@ -129,21 +135,58 @@ def assign_windows(
         value = item[1] if value_of is None else value_of(item)
         key = item[0]
         if tumbling:
-            yield ((key, window_index(t, slide)), value)
+            w = window_index(t, slide)
+            counts[w] = counts.get(w, 0) + 1
+            yield ((key, w), value)
         else:
             for w in spec.windows_of(t):
+                counts[w] = counts.get(w, 0) + 1
                 yield ((key, w), value)
     if latest is not None:
+        yield (MarkKey(0), EventTime(latest, counts))
         mark = EventTime(latest)
-        for r in range(reducers):
+        for r in range(1, reducers):
             yield (MarkKey(r), mark)
 
 
 def merge_marked(func: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
     """The shuffle's combine function: ``func`` for window values, max for marks."""
     if type(a) is EventTime:
-        return a if a.value >= b.value else b
+        if a.items is None and b.items is None:
+            return a if a.value >= b.value else b
+        items = dict(a.items or {})
+        for w, n in (b.items or {}).items():
+            items[w] = items.get(w, 0) + n
+        return EventTime(max(a.value, b.value), items)
     return func(a, b)
+
+
+def advance_watermark(
+    state: dict[str, Any],
+    latest: float | None,
+    lateness: float,
+    idle_timeout: float | None = None,
+    now: float | None = None,
+) -> float:
+    """The partition's watermark after a micro-batch whose largest event time was ``latest``:
+    ``max(event time seen) - lateness``, never back. With ``idle_timeout``, once no larger
+    event time was seen for that many seconds of processing time (``now``, a ``BatchClock``
+    reading), event time is taken to pass with processing time since then: the watermark is
+    ``latest + (now - when latest was seen) - lateness``, so windows close on a quiet stream.
+    """
+    watermark: float = state.get("watermark", -math.inf)
+    if latest is not None:
+        if latest > state.get("latest", -math.inf):
+            state["latest"] = latest
+            state["seen_at"] = now
+        watermark = max(watermark, latest - lateness)
+    seen_at = state.get("seen_at")
+    if idle_timeout is not None and now is not None and seen_at is not None:
+        quiet = now - seen_at
+        if quiet >= idle_timeout:
+            watermark = max(watermark, state["latest"] + quiet - lateness)
+    state["watermark"] = watermark
+    return watermark
 
 
 def close_windows(
@@ -153,30 +196,37 @@ def close_windows(
     items: Iterator[tuple[Any, Any]],
     batch: int,
     last: bool,
+    *,
+    idle_timeout: float | None = None,
+    clock: Callable[[int], float] | None = None,
+    late: Any = None,
 ) -> Iterable[WindowResult]:
     """Reduce side, stateful: fold a micro-batch's partial values into the open windows, advance
-    the watermark, and return the windows that became final (oldest first)."""
+    the watermark, and return the windows that became final (oldest first). Values for a
+    window already emitted are late: dropped, and counted by reducer 0 (from the marks' item
+    counts) in its state and in ``late`` (an accumulator: the driver's count of the stream's
+    late values)."""
     open_windows: dict[int, dict[Any, Any]] = state.setdefault("windows", {})
     watermark: float = state.get("watermark", -math.inf)
     latest: float | None = None
-    late = 0
+    late_now = 0
     for k, v in items:
         if type(k) is MarkKey:
             if latest is None or v.value > latest:
                 latest = v.value
+            if v.items:  # reducer 0 counts every map partition's late values
+                late_now += sum(n for w, n in v.items.items() if spec.end(w) <= watermark)
             continue
         key, w = k
         if spec.end(w) <= watermark:
-            late += 1  # its window was already emitted
-            continue
+            continue  # late: its window was already emitted
         values = open_windows.get(w)
         if values is None:
             values = open_windows[w] = {}
         values[key] = func(values[key], v) if key in values else v
-    if latest is not None:
-        watermark = max(watermark, latest - spec.lateness)
-    state["watermark"] = watermark
-    state["late"] = state.get("late", 0) + late
+    now = clock(batch) if clock is not None and idle_timeout is not None else None
+    watermark = advance_watermark(state, latest, spec.lateness, idle_timeout, now)
+    count_late(state, late, late_now)
     closing = sorted(w for w in open_windows if last or spec.end(w) <= watermark)
     out: list[WindowResult] = []
     for w in closing:
@@ -184,3 +234,10 @@ def close_windows(
         complete = end <= watermark
         out += [WindowResult(k, start, end, v, complete) for k, v in open_windows.pop(w).items()]
     return out
+
+
+def count_late(state: dict[str, Any], late: Any, n: int) -> None:
+    """``n`` late values: in the partition's state, and to the driver through ``late``."""
+    state["late"] = state.get("late", 0) + n
+    if n and late is not None:
+        late.add(n)

@@ -122,6 +122,15 @@ def metric_families(stats: Snapshot, extra: Snapshot | None = None) -> Iterator[
     for name, doc, key in _CHECKPOINT_COUNTERS:
         yield CounterMetricFamily(f"adrizzle_{name}", doc, value=checkpoints.get(key, 0))
 
+    late = CounterMetricFamily(
+        "adrizzle_late_values",
+        "Values dropped by a stream's windows because their window had been emitted.",
+        labels=["stream"],
+    )
+    for stream, n in sorted(stats.get("late_values", {}).items()):
+        late.add_metric([stream], n)
+    yield late
+
     frames = CounterMetricFamily(
         "adrizzle_frames", "Frames on driver connections.", labels=["direction", "type"]
     )

@@ -212,6 +212,27 @@ class SinkFailed(Message, tag="sink_failed", frozen=True):
     group: int
 
 
+class PutShared(Message, tag="put_shared", frozen=True):
+    """Driver to worker, forwarded unopened to every slot: values each slot keeps for the
+    engine. ``kind`` "broadcast": ``ids[i]``'s pickled value is the payload's next
+    ``lens[i]`` bytes; "files": zip archives of user code (``names[i]``) the slots import
+    from. Sent once per worker (when made, or when the worker joins), before any launch
+    that uses them (adrizzle.driver.shared)."""
+
+    TAG: ClassVar[str] = "put_shared"
+    kind: str
+    ids: list[int]
+    lens: list[int]
+    names: list[str] = []
+
+
+class DropShared(Message, tag="drop_shared", frozen=True):
+    """Driver to worker, forwarded to every slot: forget these broadcast values."""
+
+    TAG: ClassVar[str] = "drop_shared"
+    ids: list[int]
+
+
 class Shutdown(Message, tag="shutdown", frozen=True):
     """Driver to worker: finish nothing more, stop the slots and exit."""
 
@@ -388,6 +409,8 @@ _register(
     StateCheckpoint,
     OffsetsLogged,
     SinkFailed,
+    PutShared,
+    DropShared,
 )
 
 HANDSHAKE_TYPES: frozenset[type[Message]] = frozenset({Hello, Auth, Error})

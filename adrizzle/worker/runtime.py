@@ -34,6 +34,7 @@ from adrizzle.wire.messages import (
     CancelGroups,
     ClusterView,
     Draining,
+    DropShared,
     FetchBlocks,
     GroupDone,
     GroupFailed,
@@ -45,6 +46,7 @@ from adrizzle.wire.messages import (
     Message,
     OffsetsLogged,
     PeerLost,
+    PutShared,
     RunTasks,
     Shutdown,
     SinkFailed,
@@ -67,7 +69,16 @@ T = TypeVar("T")
 
 DRIVER = "driver"  # the one peer the worker's SilenceWatch follows
 FORWARDED = frozenset({BatchResult, GroupFailed, StateCheckpoint, SinkFailed})  # slot -> driver
-DRIVER_MESSAGES = (LaunchGroup, ClusterView, CancelGroups, Shutdown, Heartbeat, OffsetsLogged)
+DRIVER_MESSAGES = (
+    LaunchGroup,
+    ClusterView,
+    CancelGroups,
+    Shutdown,
+    Heartbeat,
+    OffsetsLogged,
+    PutShared,  # broadcast values and user code for every slot (adrizzle.driver.shared)
+    DropShared,
+)
 
 
 def local_address_towards(host: str, port: int) -> str:
@@ -317,6 +328,9 @@ class WorkerRuntime:
         elif type(msg) is OffsetsLogged:
             for slot in self.pool.slots:  # the slots with staged sink outputs commit them
                 slot.channel.send(msg)
+        elif type(msg) is PutShared or type(msg) is DropShared:
+            for slot in self.pool.slots:  # every slot keeps them, payload unopened
+                slot.channel.send(msg, payload)
         elif type(msg) is Shutdown:
             self._request_stop("the driver asked us to shut down")
 

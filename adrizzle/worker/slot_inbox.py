@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 from typing import TYPE_CHECKING, Any
 
+from adrizzle.plan import shared
 from adrizzle.plan.failure import TaskFailure
 from adrizzle.plan.program import ShuffleRead, StageProgram
 from adrizzle.wire.messages import check_map_outputs
@@ -91,7 +92,7 @@ class ShuffleInbox:
                     f"arrived, missing map partitions {missing[:10]}"
                 )
             arrived = self.blocks.pop(key)
-            per_shuffle.append([arrived[m] for m in range(maps)])
+            per_shuffle.append([shared.absorb(arrived[m]) for m in range(maps)])  # accumulators
         for blocks in per_shuffle:
             for block in blocks:
                 if isinstance(block, TaskFailure):

@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from adrizzle.errors import SinkError
+from adrizzle.plan import shared
 from adrizzle.plan.failure import TaskFailure
 from adrizzle.plan.offsets import SourceIO
 from adrizzle.plan.serialize import dumps
@@ -29,10 +30,12 @@ from adrizzle.plan.state import StateStore, restore_states
 from adrizzle.wire.framing import FrameDecoder, FrameLimits, encode_frame
 from adrizzle.wire.messages import (
     CancelGroups,
+    DropShared,
     GroupFailed,
     MapOutputReady,
     MapOutputs,
     OffsetsLogged,
+    PutShared,
     RunTasks,
     Shutdown,
     SinkFailed,
@@ -41,6 +44,7 @@ from adrizzle.wire.messages import (
     decode_meta,
     encode_meta,
 )
+from adrizzle.worker import slot_shared
 from adrizzle.worker.slot_inbox import ShuffleInbox, UpstreamFailure
 from adrizzle.worker.slot_results import PUSH_BUNDLE_BYTES, ResultSender
 from adrizzle.worker.slot_sinks import SinkStage
@@ -114,6 +118,8 @@ class SlotProcess:
                 self.sink_failures(self.sinks.confirm(msg.stream, msg.through))
             elif isinstance(msg, CancelGroups):
                 self.cancel(msg.groups)
+            elif isinstance(msg, (PutShared, DropShared)):  # broadcasts, user code
+                slot_shared.receive(msg, payload)
             elif isinstance(msg, Shutdown):
                 raise WorkerGone
 
@@ -266,8 +272,9 @@ class SlotProcess:
             if isinstance(exc, ImportError):
                 reason += (
                     " (functions from modules the workers cannot import are pickled by "
-                    "reference; install the module on the workers or define the function in "
-                    "__main__ or with cloudpickle.register_pickle_by_value)"
+                    "reference: ship the module with engine.add_module(...) or "
+                    "Engine(py_files=[...]), install it on the workers, or use "
+                    "cloudpickle.register_pickle_by_value)"
                 )
             notice = GroupFailed(msg.group, msg.worker, msg.slot, reason)
             self.sender.send(encode_frame(encode_meta(notice)))
@@ -332,18 +339,19 @@ class SlotProcess:
     def run_result_task(
         self, group: int, job: int, program: JobProgram, stage: StageProgram, p: int
     ) -> Any:
+        shared.begin_task()  # accumulator updates travel with the value (plan/shared.py)
         try:
             inputs = self.inputs(group, job, stage, p)
             it = stage.compute(p, self.store, inputs, self.states, job, self.io)
             value = program.action(it)
             sink = program.sink
             if sink is None:
-                return value
+                return shared.with_updates(value)
             self.sinks.stage(group, sink, sink.first_batch + job, p, value)
             # A replayed batch may be covered by an offsets_logged that came before it was
             # staged: commit what the watermark covers now, not at the next notice.
             self.sink_failures(self.sinks.commit_ready())
-            return []  # the output went to the sink, not to the driver
+            return shared.with_updates([])  # the output went to the sink, not to the driver
         except UpstreamFailure as exc:
             return exc.failure
         except WorkerGone:
@@ -355,12 +363,14 @@ class SlotProcess:
         self, msg: RunTasks, job: int, stage_index: int, stage: StageProgram, p: int
     ) -> None:
         assert stage.output is not None
+        shared.begin_task()
         try:
             blocks: list[Any] = stage.output.split(
                 stage.compute(
                     p, self.store, self.inputs(msg.group, job, stage, p), self.states, job, self.io
                 )
             )
+            blocks = shared.attach_updates(blocks)  # to reducer 0, which adds them to its own
         except UpstreamFailure as exc:
             blocks = [exc.failure] * stage.output.partitions
         except WorkerGone:

@@ -11,7 +11,6 @@ has arrived; a reduce still waiting lets later ready tasks (the next batch's map
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import heapq
 from typing import TYPE_CHECKING, Any
@@ -66,10 +65,11 @@ def tasks_for(run: RunTasks, programs: Sequence[JobProgram]) -> SlotTasks:
 class TaskQueue:
     """This slot's pending tasks of one group, handed out first ready first in priority order.
 
-    A source task is ready when its data is due; a reduce task once every map output of its
-    attempt has arrived. Arrivals are counted as the inbox files them (``arrived``), so
-    picking a task never rescans the reduces still waiting: that scan, once per task, was 45%
-    of a slot's time in a 100-batch group of a small shuffle (py-spy, measured here).
+    A task is ready when its data is due (a paced source, also as a side of a union) and, for
+    a reduce, once every map output of its attempt has arrived. Arrivals are counted as the
+    inbox files them (``arrived``), so picking a task never rescans the reduces still waiting:
+    that scan, once per task, was 45% of a slot's time in a 100-batch group of a small shuffle
+    (py-spy, measured here).
     """
 
     def __init__(
@@ -78,25 +78,24 @@ class TaskQueue:
         """``inbox``: the map outputs already here (they may arrive before their group runs)."""
         self.tasks = plan.pending
         self._left = len(self.tasks)
-        self._sources: collections.deque[int] = collections.deque()
-        self._due: dict[int, float | None] = {}
-        self._missing: dict[int, int] = {}  # reduce task -> inputs still incomplete
+        self._due: list[float | None] = []
+        self._missing: dict[int, int] = {}  # task -> shuffle inputs still incomplete
         self._waiting: dict[tuple[int, int, int, int], tuple[int, int]] = {}  # key -> (task, maps)
-        self._ready: list[int] = []  # heap of reduce tasks whose inputs are all in
+        self._ready: list[int] = []  # heap of tasks whose inputs are all in
         for i, (job, stage_index, p) in enumerate(self.tasks):
             read = programs[job - run.first_job].stages[stage_index].input
-            if not isinstance(read, ShuffleRead):
-                self._sources.append(i)
-                self._due[i] = read.ready_at(job)
-                continue
-            self._missing[i] = 0
-            for shuffle, maps in read.shuffles:
-                key = (run.group, job, shuffle, p)
-                if len(inbox.get(key, ())) < maps:
-                    self._waiting[key] = (i, maps)
-                    self._missing[i] += 1
-            if not self._missing[i]:
-                heapq.heappush(self._ready, i)
+            self._due.append(read.ready_at(job))
+            missing = 0
+            if isinstance(read, ShuffleRead):
+                for shuffle, maps in read.shuffles:
+                    key = (run.group, job, shuffle, p)
+                    if len(inbox.get(key, ())) < maps:
+                        self._waiting[key] = (i, maps)
+                        missing += 1
+            if missing:
+                self._missing[i] = missing
+            else:
+                self._ready.append(i)  # ascending: a heap already
 
     def __len__(self) -> int:
         return self._left
@@ -108,41 +107,44 @@ class TaskQueue:
             return
         del self._waiting[key]
         task = entry[0]
-        self._missing[task] -= 1
-        if not self._missing[task]:
+        missing = self._missing.get(task)
+        if missing is None:
+            return  # given up on already (pop_waiting)
+        if missing > 1:
+            self._missing[task] = missing - 1
+        else:
+            del self._missing[task]
             heapq.heappush(self._ready, task)
 
     def pop(self, now: float) -> Task | None:
         """The first ready task in priority order (``now``: epoch seconds), or None."""
-        source = -1
-        for i in self._sources:  # the head, unless a paced source is not due yet
-            due = self._due[i]
-            if due is None or due <= now:
-                source = i
-                break
-        if self._ready and (source < 0 or self._ready[0] < source):
-            return self._take(heapq.heappop(self._ready))
-        if source < 0:
+        ready = self._ready
+        if not ready:
             return None
-        if source == self._sources[0]:
-            self._sources.popleft()
-        else:
-            self._sources.remove(source)
-        return self._take(source)
+        due = self._due[ready[0]]
+        if due is None or due <= now:
+            return self._take(heapq.heappop(ready))
+        # The first waits for its data to be due (a paced stream): a later one may not.
+        due_now = [i for i in ready if (d := self._due[i]) is None or d <= now]
+        if not due_now:
+            return None
+        task = min(due_now)
+        ready.remove(task)
+        heapq.heapify(ready)
+        return self._take(task)
 
     def pop_waiting(self) -> Task:
-        """Give up waiting: the first reduce task still missing inputs (its read then raises
-        the error naming what is missing)."""
-        task = min(i for i, missing in self._missing.items() if missing)
-        self._missing[task] = 0
+        """Give up waiting: the first task still missing inputs (its read then raises the
+        error naming what is missing)."""
+        task = min(self._missing)
+        del self._missing[task]
         return self._take(task)
 
     def due_in(self, now: float) -> float | None:
-        """Seconds until the earliest pending source task's data is due, if one waits for it."""
-        due = [d for i in self._sources if (d := self._due[i]) is not None]
+        """Seconds until the earliest pending task's data is due, if one waits for it."""
+        due = [d for i in (*self._ready, *self._missing) if (d := self._due[i]) is not None]
         return max(0.0, min(due) - now) if due else None
 
     def _take(self, task: int) -> Task:
         self._left -= 1
-        self._missing.pop(task, None)
         return self.tasks[task]

@@ -16,10 +16,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "word_count.py"
 
 
-def load_example(path: Path) -> ModuleType:
-    """The example file as a module, loaded from its path: examples are standalone scripts
-    (not a package), and this is the very file the subprocess runs."""
-    spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
+def load_module(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -27,11 +25,19 @@ def load_example(path: Path) -> ModuleType:
     return module
 
 
+def load_example(path: Path) -> ModuleType:
+    """The example file as a module, loaded from its path: examples are standalone scripts
+    (not a package), and this is the very file the subprocess runs. Their shared command line
+    (examples/_cli.py, found next to the script when it runs) is loaded the same way."""
+    sys.modules.setdefault("_cli", load_module("_cli", path.parent / "_cli.py"))
+    return load_module(f"example_{path.stem}", path)
+
+
 expected_counts = load_example(EXAMPLE).expected_counts
 
 
-@pytest.mark.parametrize(("group_size", "mode"), [(4, []), (1, ["--bsp"])])
-def test_word_count_counts_every_word_exactly(group_size: int, mode: list[str]) -> None:
+@pytest.mark.parametrize(("group_size", "mode"), [(4, []), (1, ["--bsp"]), ("auto", [])])
+def test_word_count_counts_every_word_exactly(group_size: int | str, mode: list[str]) -> None:
     batches, partitions, per_partition = 9, 3, 40
     out = subprocess.run(
         [

@@ -19,6 +19,7 @@ from adrizzle.wire.messages import (
     CancelGroups,
     ClusterView,
     Draining,
+    DropShared,
     Error,
     FetchBlocks,
     GroupDone,
@@ -31,6 +32,7 @@ from adrizzle.wire.messages import (
     Message,
     OffsetsLogged,
     PeerLost,
+    PutShared,
     RunTasks,
     Shutdown,
     SinkFailed,
@@ -107,6 +109,8 @@ SAMPLES: list[Message] = [
     StateCheckpoint(group=3, slot=1, keys=[[7, 0], [7, 2]], batches=[41, 41]),
     OffsetsLogged(stream="clicks", through=41),
     SinkFailed(group=3),
+    PutShared(kind="files", ids=[2, 5], lens=[120, 9], names=["helpers.py", "pkg"]),
+    DropShared(ids=[4]),
 ]
 
 
