@@ -200,6 +200,7 @@ class SlotProcess:
                     continue
                 task = queue.pop_waiting()  # give up: its read raises the timeout error
             stuck_since = None
+            self.sender.before_task()
             job, stage_index, p = task
             program = programs[job - msg.first_job]
             stage = program.stages[stage_index]
