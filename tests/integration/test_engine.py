@@ -79,22 +79,26 @@ async def test_group_g_plus_1_launched_before_g_acknowledged(
     data = engine.parallelize(range(P * K), partitions=P)
     blocked = data.map(wait_for_gate)
     free = data.map(lambda x: x)
+    window = engine.config.window
+    jobs = 2 * (window + 2)  # more groups of 2 than the window holds
     before = engine.statistics()["frames_sent"].get("launch_group", 0)
-    run = asyncio.ensure_future(engine.run_jobs([blocked] + [free] * 5, sum, group_size=2))
+    run = asyncio.ensure_future(engine.run_jobs([blocked] + [free] * (jobs - 1), sum, group_size=2))
     try:
         for _ in range(500):
             stats = engine.statistics()
-            if stats["frames_sent"].get("launch_group", 0) - before >= 2 * 2:
+            if stats["frames_sent"].get("launch_group", 0) - before >= window * 2:
                 break
             await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # time enough to launch more, were the window not full
         stats = engine.statistics()
-        # Window of 2: groups 0 and 1 are both out while group 0 cannot finish.
-        assert stats["frames_sent"]["launch_group"] - before == 2 * 2
-        assert stats["groups_in_flight"] == 2
+        # The window's groups are all out (one launch per worker each) while group 0 cannot
+        # finish, and no more.
+        assert stats["frames_sent"]["launch_group"] - before == window * 2
+        assert stats["groups_in_flight"] == window
     finally:
         gate.touch()
     results = await asyncio.wait_for(run, 30)
-    assert results == [EXPECTED] * 6
+    assert results == [EXPECTED] * jobs
 
 
 async def test_a_batch_is_delivered_before_its_group_finishes(
