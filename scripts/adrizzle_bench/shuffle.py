@@ -2,11 +2,18 @@
 
     python scripts/bench.py shuffle [--batches 200] [--repeats 3] [--workers 2] [--quick]
 
-4 map partitions x 1000 ints -> ``(x % 16, 1)`` -> ``reduce_by_key`` into 2, every micro-batch's
-answer checked; ms per micro-batch, driver frames, blocks and bytes pushed between workers per
-micro-batch, the compute floor (the same Python work in one process, no engine), and the
-workers' resident memory over 1000 more micro-batches (shuffle blocks of finished batches must
-be freed). Results: bench-results/shuffle.md, RESULTS.md.
+Two workloads, every micro-batch's answer checked:
+
+- small: 4 map partitions x 100 ints -> ``(x % 16, 1)`` -> ``reduce_by_key`` into 2, where the
+  engine's per-batch costs dominate. Next to it in the same run: a single stage on the same
+  cached input at G = 100 (summed per partition, as ``bench.py single-stage``) and the
+  hand-written pre-scheduled shuffle floor (``floor.py``) at each group size.
+- large: the same with 4 x 1000 ints: ms per micro-batch, driver frames, blocks and bytes
+  pushed between workers per micro-batch, the compute floor (the same Python work in one
+  process, no engine), and the workers' resident memory over 1000 more micro-batches (shuffle
+  blocks of finished batches must be freed).
+
+Results: bench-results/shuffle.md, RESULTS.md.
 """
 
 from __future__ import annotations
@@ -15,14 +22,17 @@ import argparse
 import operator
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import adrizzle
 from adrizzle_bench import harness
+from adrizzle_bench.floor import shuffle_floor_ms_per_batch_async
+from adrizzle_bench.single_stage import single_stage_once
 
 
-def _shuffle_job(engine: adrizzle.Engine) -> adrizzle.Dataset:
-    data = engine.parallelize(range(4 * 1000), partitions=4).cache()
+def _shuffle_job(engine: adrizzle.Engine, records: int = 1000) -> adrizzle.Dataset:
+    data = engine.parallelize(range(4 * records), partitions=4).cache()
     return data.map(_mod16_one).reduce_by_key(operator.add, partitions=2)
 
 
@@ -39,6 +49,7 @@ async def shuffle_once(
     batches: int,
     group_size: int,
     pre_schedule: bool,
+    expected: list[tuple[int, int]] = SHUFFLE_EXPECTED,
 ) -> dict[str, float]:
     await engine.wait_settled()
     before = engine.statistics()
@@ -50,7 +61,7 @@ async def shuffle_once(
     await engine.wait_settled()
     after = engine.statistics()
     for per_partition in results:  # every micro-batch's answer is checked
-        assert sorted(kv for part in per_partition for kv in part) == SHUFFLE_EXPECTED
+        assert sorted(kv for part in per_partition for kv in part) == expected
 
     def frames(kind: str) -> int:
         return int(sum(after[kind].values()) - sum(before[kind].values()))
@@ -95,7 +106,97 @@ def shuffle_compute_floor_ms(workers: int, batches: int = 200) -> float:
     return (time.perf_counter() - t0) / batches * 1e3 / workers
 
 
+SMALL_EXPECTED = sorted((k, 25) for k in range(16))
+
+
+def _mod16_combined(it: Iterator[int]) -> list[tuple[int, int]]:
+    """The shuffle's map side as one stage: ``(x % 16, 1)`` combined per key."""
+    acc: dict[int, int] = {}
+    for k, v in map(_mod16_one, it):
+        acc[k] = operator.add(acc[k], v) if k in acc else v
+    return list(acc.items())
+
+
+async def bench_small_shuffle(args: argparse.Namespace) -> dict[str, Any]:
+    """The small workload: adrizzle's modes, a single stage on the same input and the
+    hand-written pre-scheduled shuffle floor, ratios from one run."""
+    modes = [(True, 1), (True, 10), (True, 100), (False, 1)]
+    rows: dict[tuple[bool, int], list[dict[str, float]]] = {m: [] for m in modes}
+    single: list[float] = []
+    map_only: list[float] = []
+    async with adrizzle.Engine.local(workers=args.workers, cores=1) as engine:
+        job = _shuffle_job(engine, records=100)
+        data = engine.parallelize(range(4 * 100), partitions=4).cache()
+        combined = data.map_partitions(_mod16_combined)  # the map side alone, no shuffle
+        await engine.run_jobs([job] * 20, list, group_size=10)  # warm-up: ship, dial peers
+        await engine.run_jobs([data] * 20, sum, group_size=10)
+        await engine.run_jobs([combined] * 20, list, group_size=10)
+        for _ in range(args.repeats):
+            for pre, g in modes:  # interleaved, so drift hits every mode alike
+                rows[(pre, g)].append(
+                    await shuffle_once(engine, job, args.batches, g, pre, SMALL_EXPECTED)
+                )
+            one = await single_stage_once(engine, data, args.batches, 100)
+            single.append(one["ms_per_batch"])
+            with harness.timed() as t:
+                await engine.run_jobs([combined] * args.batches, list, group_size=100)
+            map_only.append(t.wall / args.batches * 1e3)
+    floor = {
+        g: statistics.median(
+            [
+                await shuffle_floor_ms_per_batch_async(args.batches, g, workers=args.workers)
+                for _ in range(args.repeats)
+            ]
+        )
+        for g in (1, 10, 100)
+    }
+    ms = {m: statistics.median(r["ms_per_batch"] for r in rows[m]) for m in modes}
+    frames = {m: statistics.median(r["driver_frames_per_batch"] for r in rows[m]) for m in modes}
+    single_ms = statistics.median(single)
+    map_only_ms = statistics.median(map_only)
+    bsp, g100 = ms[(False, 1)], ms[(True, 100)]
+    lines = [
+        f"### shuffle, small: 4 map partitions x 100 ints -> (x % 16, 1) -> reduce_by_key into "
+        f"2; {args.workers} local workers, {args.batches} micro-batches, median of {args.repeats}",
+        "",
+        "| mode | group size | ms / micro-batch | driver frames / batch "
+        "| hand-written floor ms | x floor |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for pre, g in modes:
+        f = floor[g] if pre else None
+        lines.append(
+            f"| {'pre-scheduled' if pre else 'BSP'} | {g} | {ms[(pre, g)]:.3f} "
+            f"| {frames[(pre, g)]:.3f} | {f'{f:.3f}' if f else '-'} "
+            f"| {f'{ms[(pre, g)] / f:.2f}' if f else '-'} |"
+        )
+    lines += [
+        f"| single stage (sum per partition), same input | 100 | {single_ms:.3f} | - | - | - |",
+        f"| single stage doing the map side (map + combine per key, no shuffle) | 100 "
+        f"| {map_only_ms:.3f} | - | - | - |",
+        "",
+        f"pre-scheduled G=100 is **{bsp / g100:.1f}x** faster than BSP G=1 (target >= 15x) and "
+        f"costs **{g100 / single_ms:.2f}x** a single stage on the same input at G=100 "
+        f"(target <= 2x); **{g100 / floor[100]:.2f}x** the hand-written pre-scheduled shuffle "
+        f"at G=100 (target <= 3x). Against the single stage that does the same map-side "
+        f"work without the shuffle: **{g100 / map_only_ms:.2f}x**.",
+        "",
+    ]
+    return {
+        "ms_per_batch": {f"{'pre' if p else 'bsp'}_{g}": ms[(p, g)] for p, g in modes},
+        "single_stage_100_ms": single_ms,
+        "floor_ms": floor,
+        "speedup_100_vs_bsp_1": bsp / g100,
+        "vs_single_stage_100": g100 / single_ms,
+        "map_side_single_stage_100_ms": map_only_ms,
+        "vs_map_side_single_stage_100": g100 / map_only_ms,
+        "vs_floor": {g: ms[(True, g)] / floor[g] for g in (1, 10, 100)},
+        "lines": lines,
+    }
+
+
 async def bench_shuffle(args: argparse.Namespace) -> dict[str, Any]:
+    small = await bench_small_shuffle(args)
     modes = [(True, 1), (True, 10), (True, 100), (False, 1)]
     rows: dict[tuple[bool, int], list[dict[str, float]]] = {m: [] for m in modes}
     memory: list[tuple[int, float]] = []
@@ -120,7 +221,8 @@ async def bench_shuffle(args: argparse.Namespace) -> dict[str, Any]:
     g100 = next(r for r in table if r["group_size"] == 100)["ms_per_batch"]
     floor = statistics.median(shuffle_compute_floor_ms(args.workers) for _ in range(3))
     lines = [
-        f"### shuffle: 4 map partitions x 1000 ints -> (x % 16, 1) -> reduce_by_key into 2; "
+        *small["lines"],
+        f"### shuffle, large: 4 map partitions x 1000 ints -> (x % 16, 1) -> reduce_by_key into 2; "
         f"{args.workers} local workers, {args.batches} micro-batches, median of {args.repeats}",
         "",
         "| mode | group size | ms / micro-batch | driver frames / batch | launch frames / batch "
@@ -149,6 +251,7 @@ async def bench_shuffle(args: argparse.Namespace) -> dict[str, Any]:
     harness.save_section(harness.results_dir(args), "shuffle", lines)
     return {
         "name": "shuffle",
+        "small": {k: v for k, v in small.items() if k != "lines"},
         "rows": table,
         "speedup_100_vs_bsp_1": bsp / g100,
         "compute_floor_ms": floor,
