@@ -54,7 +54,8 @@ BENCHES: dict[str, tuple[Bench, str]] = {
     ),
     "scaling": (
         scaling.bench_scaling,
-        "driver CPU and frames per task and group, 1 to 8 workers, G = 1 to 1000",
+        "driver CPU and frames per task and group, 1 to 8 workers, G = 1 to 1000 (or "
+        "--simulated N,...)",
     ),
     "peers": (
         peers.bench_peers,
@@ -100,6 +101,22 @@ def make_parser() -> argparse.ArgumentParser:
     ysb.add_argument("--start-rate", type=int, help="first events/s tried (default 1000)")
     ysb.add_argument("--max-rate", type=int, help="highest events/s tried (default 512000)")
     ysb.add_argument("--bisect", type=int, help="bisection steps per size (default 1)")
+    scale = parser.add_argument_group("scaling")
+    scale.add_argument(
+        "--simulated",
+        type=_ints,
+        metavar="N,N,...",
+        help="simulated workers instead of local ones, at these counts (e.g. 16,128,512,1024)",
+    )
+    scale.add_argument(
+        "--task-cost-us", type=float, help="--simulated: each task's cost, µs (default 0)"
+    )
+    scale.add_argument(
+        "--sim-results",
+        choices=["batch", "linger"],
+        help="--simulated: a result frame per micro-batch per slot (batch, default) or packed "
+        "within the linger time as a real slot packs them",
+    )
     long_run = parser.add_argument_group("soak")
     long_run.add_argument("--minutes", type=float, help="how long (default 10; --quick: 1)")
     long_run.add_argument("--engines", type=int, help="fresh engines (default 20; --quick: 4)")
@@ -107,6 +124,16 @@ def make_parser() -> argparse.ArgumentParser:
         "--kill-every", type=float, help="seconds between worker kills (default 30; --quick: 15)"
     )
     return parser
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 16,128, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
 
 
 def for_bench(args: argparse.Namespace, name: str) -> argparse.Namespace:
