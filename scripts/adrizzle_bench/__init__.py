@@ -7,8 +7,10 @@
   ``soak_report``);
 - what they share: ``ysb_workload`` (YSB; examples/ysb.py runs it too), ``peer_engines`` (Dask,
   Ray and PySpark on the same workloads), ``floor`` (the hand-written group-scheduled loop);
-- ``scaling`` has another mode: ``scaling_sim`` (``--simulated``: simulated workers that speak
-  the real protocol, ``simworkers`` with ``sim_process``, ``sim_worker`` and ``sim_plans``).
+- ``scaling`` has two more modes: ``scaling_sim`` (``--simulated``: simulated workers that speak
+  the real protocol, ``simworkers`` with ``sim_process``, ``sim_worker`` and ``sim_plans``) and
+  ``scaling_hosts`` (``--hosts``: real workers on network namespaces, ``netns``, with the
+  ``delay_proxy`` that injects round-trip time).
 
 The package is installed with adrizzle (pyproject.toml maps it from scripts/adrizzle_bench/),
 so scripts, tests, examples and the local workers' slots import it by name. It imports nothing

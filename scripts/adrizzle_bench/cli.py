@@ -55,7 +55,7 @@ BENCHES: dict[str, tuple[Bench, str]] = {
     "scaling": (
         scaling.bench_scaling,
         "driver CPU and frames per task and group, 1 to 8 workers, G = 1 to 1000 (or "
-        "--simulated N,...)",
+        "--simulated N,..., or --hosts N --rtt-ms X,...)",
     ),
     "peers": (
         peers.bench_peers,
@@ -117,6 +117,15 @@ def make_parser() -> argparse.ArgumentParser:
         help="--simulated: a result frame per micro-batch per slot (batch, default) or packed "
         "within the linger time as a real slot packs them",
     )
+    scale.add_argument(
+        "--hosts", type=int, help="real workers on this many network namespaces (needs root)"
+    )
+    scale.add_argument(
+        "--rtt-ms",
+        type=_floats,
+        metavar="X,X,...",
+        help="--hosts: round-trip times injected by delay proxies (default 0,0.5,2)",
+    )
     long_run = parser.add_argument_group("soak")
     long_run.add_argument("--minutes", type=float, help="how long (default 10; --quick: 1)")
     long_run.add_argument("--engines", type=int, help="fresh engines (default 20; --quick: 4)")
@@ -133,6 +142,16 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected integers like 16,128, got {text!r}") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0,0.5,2, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected numbers >= 0, got {text!r}")
     return values
 
 

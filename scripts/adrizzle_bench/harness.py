@@ -454,10 +454,11 @@ class XYPanel:
 
 
 def plot_xy_panels(
-    path: Path, panels: Sequence[XYPanel], *, xlabel: str, title: str = ""
+    path: Path, panels: Sequence[XYPanel], *, xlabel: str, title: str = "", logx: bool = True
 ) -> Path | None:
-    """Side-by-side log-log panels of y vs x (Drizzle's scaling figure: time per micro-batch
-    vs workers, one line per group size). None when matplotlib is missing."""
+    """Side-by-side panels of y (log) vs x (log unless ``logx=False``): Drizzle's scaling
+    figure, time per micro-batch vs workers, one line per group size. None without
+    matplotlib."""
     if not have_matplotlib():
         return None
     plt = _pyplot()
@@ -477,7 +478,8 @@ def plot_xy_panels(
             style = styles.setdefault(style_key, ("-", "--", ":", "-.")[len(styles) % 4])
             xs = sorted(points)
             ax.plot(xs, [points[x] for x in xs], style, marker="o", color=colour, label=label)
-        ax.set_xscale("log")
+        if logx:
+            ax.set_xscale("log")
         ax.set_yscale("log")
         xs_all = sorted({x for points in panel.lines.values() for x in points})
         ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 import adrizzle
+from adrizzle_bench import scaling_hosts
 from adrizzle_bench.netns import Hosts, host_of, unavailable_reason
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -155,3 +156,14 @@ def test_everything_is_torn_down_when_the_body_fails() -> None:
     assert [n for n in namespaces if n in left_ns] == []
     assert [n for n in links if f" {n}:" in left_links or f" {n}@" in left_links] == []
     assert [p for p in pids if psutil.pid_exists(p)] == []
+
+
+def test_the_hosts_benchmark_measures_both_group_sizes_and_an_exact_recovery() -> None:
+    row, rec = adrizzle.run(scaling_hosts.bench_rtt(2, 1.0, 1, {1: 20, 100: 100}, quick=True))
+    assert row["g1_exact"]
+    assert row["g100_exact"]
+    assert row["g1_ms"] >= 1.0 / 2  # a round trip of 1 ms, two groups in flight at most
+    assert rec["exact"], rec["problems"]
+    assert rec["recoveries"] >= 1
+    assert rec["detected_s"] is not None
+    assert rec["from_detection_s"] is not None

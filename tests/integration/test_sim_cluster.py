@@ -3,12 +3,14 @@ group-scheduling frame contract, honest shuffle bookkeeping, and a worker lost m
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import operator
 
 import psutil
 import pytest
 
+from adrizzle_bench import scaling_sim
 from adrizzle_bench.scaling_sim import keyed
 from adrizzle_bench.simworkers import SimCluster, expected_values, simulated_engine
 
@@ -89,3 +91,16 @@ async def test_a_cluster_that_cannot_join_is_reported_and_reaped() -> None:
         if "adrizzle_bench.sim_process" in cmd and "127.0.0.1:9 " in cmd:
             left.append(proc.pid)
     assert left == []
+
+
+async def test_the_simulated_scaling_benchmark_measures_every_row_exactly() -> None:
+    args = argparse.Namespace(task_cost_us=0.0, sim_results="linger")
+    sizes = {1: 10, 10: 20, 100: 100, "auto": 50}
+    table = await scaling_sim.bench_workers(16, args, sizes, repeats=1)
+    assert len(table) == 8  # 2 workloads x 4 group sizes
+    assert all(r["exact"] for r in table)
+    g1 = next(r for r in table if r["workload"] == "single-stage" and r["group_size"] == 1)
+    g100 = next(r for r in table if r["workload"] == "single-stage" and r["group_size"] == 100)
+    assert g1["frames_in_per_batch"] >= 16  # at least a result frame per worker per batch
+    assert g100["frames_in_per_batch"] < 16  # linger packs a group's batches
+    assert g100["cpu_us_per_batch"] < g1["cpu_us_per_batch"]
