@@ -106,7 +106,8 @@ class _Proc:
     def send(self, cmd: dict[str, Any]) -> None:
         stdin = self.proc.stdin
         if stdin is not None and not stdin.is_closing() and self.proc.returncode is None:
-            stdin.write(orjson.dumps(cmd) + b"\n")
+            with contextlib.suppress(ConnectionError):  # it exited on its own meanwhile
+                stdin.write(orjson.dumps(cmd) + b"\n")
 
     async def request(self, cmd: dict[str, Any], answer: str, timeout: float) -> dict[str, Any]:
         async with self.lock:

@@ -10,9 +10,11 @@ import operator
 import psutil
 import pytest
 
+from adrizzle.wire.messages import Heartbeat
 from adrizzle_bench import scaling_sim
 from adrizzle_bench.scaling_sim import keyed
 from adrizzle_bench.simworkers import SimCluster, expected_values, simulated_engine
+from tests.fake_driver import FakeDriver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -104,3 +106,26 @@ async def test_the_simulated_scaling_benchmark_measures_every_row_exactly() -> N
     assert g1["frames_in_per_batch"] >= 16  # at least a result frame per worker per batch
     assert g100["frames_in_per_batch"] < 16  # linger packs a group's batches
     assert g100["cpu_us_per_batch"] < g1["cpu_us_per_batch"]
+
+
+async def test_simulated_workers_send_heartbeats_and_leave_a_silent_driver() -> None:
+    async with FakeDriver(token="a-token") as driver:  # answers the handshake, then says nothing
+        cluster = SimCluster(
+            f"{driver.host}:{driver.port}",
+            "a-token",
+            4,
+            heartbeat_interval=0.1,
+            heartbeat_timeout=0.6,
+        )
+        async with cluster:
+            pid = cluster.pids[0]
+            beats = 0
+            while beats < 8:  # at least two rounds from the 4 workers
+                msg, _payload = await driver.next(timeout=5)
+                beats += isinstance(msg, Heartbeat)
+            # Silent for longer than the timeout, every worker leaves; the process then exits.
+            process = psutil.Process(pid)
+            await asyncio.get_running_loop().run_in_executor(None, process.wait, 10)
+            final = await cluster.stop()
+        assert final["silent_exits"] == 4
+        assert final["heartbeats"] >= 8

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 import cloudpickle
 import pytest
 
-from adrizzle.driver.cluster import WORKER_MESSAGES
 from adrizzle.errors import RemoteProtocolError
 from adrizzle.plan.program import (
     REDUCE,
@@ -22,28 +21,21 @@ from adrizzle.plan.program import (
     ShuffleWrite,
     StageProgram,
 )
-from adrizzle.wire import auth
-from adrizzle.wire.channel import Channel
-from adrizzle.wire.connection import Connection
 from adrizzle.wire.messages import (
-    PROTOCOL_VERSION,
     BatchResult,
     CancelGroups,
     ClusterView,
     GroupDone,
-    Hello,
     LaunchGroup,
-    Message,
     RunTasks,
     Shutdown,
 )
 from adrizzle.worker.slot_tasks import tasks_for
 from adrizzle_bench.sim_plans import Plans, derive_share, expected_values, push_bytes, sim_value
 from adrizzle_bench.sim_worker import SimCounters, SimSettings, SimWorker
+from tests.fake_driver import TOKEN, FakeDriver
 
 pytestmark = pytest.mark.timeout(30)
-
-TOKEN = "sim-unit-token"
 
 
 def single_stage(partitions: int = 4) -> JobProgram:
@@ -130,61 +122,10 @@ def test_expected_values_name_job_and_partition() -> None:
 # -- against a fake driver on the real wire ------------------------------------------------
 
 
-class FakeDriver:
-    """A listening port speaking the driver's side of the handshake; frames go to a queue."""
-
-    def __init__(self, token: str = TOKEN) -> None:
-        self.token = token
-        self.frames: asyncio.Queue[tuple[Message, bytes]] = asyncio.Queue()
-        self.hello: Hello | None = None
-        self.channel: Channel | None = None
-        self.closed = asyncio.Event()
-
-    def _channel(self) -> Channel:
-        conn = Connection(
-            client=False,
-            token=self.token,
-            hello=Hello(PROTOCOL_VERSION, "driver", "driver", auth.new_nonce()),
-            accepts=WORKER_MESSAGES,
-        )
-        return Channel(
-            conn,
-            on_message=lambda _c, m, p: self.frames.put_nowait((m, p)),
-            on_authenticated=self._joined,
-            on_closed=lambda _c, _e: self.closed.set(),
-        )
-
-    def _joined(self, channel: Channel, hello: Hello) -> None:
-        self.hello, self.channel = hello, channel
-
-    async def next(self, timeout: float = 5.0) -> tuple[Message, bytes]:
-        return await asyncio.wait_for(self.frames.get(), timeout)
-
-    async def quiet(self, seconds: float) -> list[Message]:
-        """Frames (heartbeats aside) arriving within ``seconds``."""
-        got: list[Message] = []
-        loop = asyncio.get_running_loop()
-        end = loop.time() + seconds
-        while (left := end - loop.time()) > 0:
-            try:
-                got.append((await asyncio.wait_for(self.frames.get(), left))[0])
-            except TimeoutError:
-                break
-        return got
-
-
 @pytest.fixture
 async def driver() -> AsyncIterator[tuple[FakeDriver, str, int]]:
-    fake = FakeDriver()
-    server = await asyncio.get_running_loop().create_server(fake._channel, "127.0.0.1", 0)
-    host, port = server.sockets[0].getsockname()[:2]
-    try:
-        yield fake, host, port
-    finally:
-        if fake.channel is not None:
-            fake.channel.close()
-        server.close()
-        await server.wait_closed()
+    async with FakeDriver() as fake:
+        yield fake, fake.host, fake.port
 
 
 async def join(
