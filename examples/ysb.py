@@ -13,8 +13,16 @@ window's end.
     python examples/ysb.py --seconds 30 --rate 20000 --group-size auto
     python examples/ysb.py --seconds 12 --rate 5000 --group-size 10 --check --json
 
-``--check`` recomputes every window's count in plain Python over the same events and counts the
-windows that differ. The last line with ``--json`` is a JSON summary.
+As the original builds it, from a broker with the counts in Redis (a separate producer process,
+examples/ysb_producer.py, publishes the events and keeps its own exact counts):
+
+    python examples/ysb.py --source redis --redis redis://127.0.0.1:6379/0 --sink redis --check
+    python examples/ysb.py --source kafka --kafka 127.0.0.1:9092 --redis redis://... --check
+
+``--check`` recomputes every window's count in plain Python over the same events (or, from a
+broker, compares the counts in Redis with the producer's) and counts the windows that differ.
+The last line with ``--json`` is a JSON summary (from a broker also ``sink_rows``,
+``duplicates``, ``missing``).
 
 The events and the pipeline are in ``adrizzle_bench.ysb_workload`` (installed with adrizzle from
 scripts/adrizzle_bench/), where the benchmarks run the same workload.
@@ -29,11 +37,29 @@ from typing import Any
 from _cli import group_size_arg
 
 import adrizzle
+from adrizzle_bench.ysb_broker import run_ysb_broker
 from adrizzle_bench.ysb_workload import run_ysb
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     async with adrizzle.Engine.local(workers=args.workers, cores=args.cores) as engine:
+        if args.source != "generator":
+            return await run_ysb_broker(
+                engine,
+                source=args.source,
+                redis_url=args.redis,
+                kafka=args.kafka,
+                sink=args.sink,
+                seconds=args.seconds,
+                rate=args.rate,
+                window=args.window,
+                partitions=args.partitions,
+                group_size=args.group_size,
+                batch_interval=args.batch_interval / 1000,
+                check=args.check,
+                seed=args.seed,
+                lateness=args.lateness,
+            )
         return await run_ysb(
             engine,
             seconds=args.seconds,
@@ -65,16 +91,43 @@ def main() -> int:
     parser.add_argument("--align", action="store_true", help="start on a window boundary")
     parser.add_argument("--check", action="store_true", help="verify every window count")
     parser.add_argument("--json", action="store_true", help="print only a JSON summary")
+    parser.add_argument(
+        "--source",
+        choices=["generator", "redis", "kafka"],
+        default="generator",
+        help="where events come from: the in-process generator (default), or a producer "
+        "process publishing to Redis streams or a Kafka topic",
+    )
+    parser.add_argument(
+        "--sink",
+        choices=["redis", "driver"],
+        default="redis",
+        help="with a broker source: window counts written to Redis from the workers (default) "
+        "or sent to the driver",
+    )
+    parser.add_argument("--redis", help="redis://host:port/db: the ad table and the counts")
+    parser.add_argument("--kafka", help="host:port of the Kafka broker (--source kafka)")
+    parser.add_argument(
+        "--lateness",
+        type=float,
+        default=0.25,
+        help="with a broker source: seconds an event may come behind the newest one seen "
+        "before its window closes (partitions are read a little apart; default 0.25)",
+    )
     args = parser.parse_args()
     if args.seconds <= 0 or args.rate < 1:
         parser.error("--seconds and --rate must be positive")
+    if args.source != "generator" and not args.redis:
+        parser.error(f"--source {args.source} needs --redis (the ad table and the counts)")
+    if args.source == "kafka" and not args.kafka:
+        parser.error("--source kafka needs --kafka host:port")
     summary = adrizzle.run(main_async(args))
     if args.json:
         print(json.dumps(summary))
     else:
         for key, value in summary.items():
             print(f"{key:>22}: {value}")
-    return 1 if summary["mismatches"] else 0
+    return 1 if summary.get("mismatches") else 0
 
 
 if __name__ == "__main__":

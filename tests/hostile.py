@@ -22,7 +22,7 @@ import orjson
 from adrizzle.errors import RemoteProtocolError
 from adrizzle.wire import auth
 from adrizzle.wire.framing import HEADER, FrameDecoder, FrameLimits, encode_frame
-from adrizzle.wire.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, decode_meta
+from adrizzle.wire.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, decode_meta, fields_of
 
 # -- payloads that would prove code ran ----------------------------------------------------
 
@@ -71,7 +71,7 @@ _SAMPLE: dict[str, Any] = {
 
 def sample_fields(cls: type[Message]) -> dict[str, Any]:
     """A plausible value for every field of ``cls``, by its annotation."""
-    return {f.name: _SAMPLE[str(f.type)] for f in dataclasses.fields(cls)}
+    return {name: _SAMPLE[annotation] for name, annotation, _r in fields_of(cls)}
 
 
 def meta_of(tag: str, fields: dict[str, Any]) -> bytes:

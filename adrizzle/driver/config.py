@@ -34,8 +34,10 @@ class EngineConfig:
         handshake_timeout: seconds a connection may take to authenticate (TLS included).
         worker_timeout: seconds ``start()`` waits for local workers, and a run for a first
             worker.
-        result_linger: seconds a slot may hold a finished micro-batch's values to send them
-            with the next ones (one frame for several batches).
+        result_linger: the longest a finished micro-batch's values wait in its slot while the
+            slot has more ready work (it sends what is finished as soon as it runs out of ready
+            work, so a group of small batches costs a frame or two; a paced stream's batches
+            go at once). Bounds the result latency that coalescing can add.
         status: ``host:port`` of the read-only status server (dashboard, ``/api/status``,
             ``/metrics``, ``/health``); None: off.
         heartbeat_interval: seconds between heartbeats to each worker.
@@ -68,7 +70,7 @@ class EngineConfig:
     max_frame_bytes: int = 1 << 30
     handshake_timeout: float = 5.0
     worker_timeout: float = 30.0
-    result_linger: float = 0.0002
+    result_linger: float = 0.002
     status: str | None = None
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 5.0

@@ -159,7 +159,8 @@ class JobLedger:
         if self._remaining.get(job, 1) > 0:
             return []
         positions = self._positions.get(job)
-        if self.sources and (positions is None or len(positions) < self.sources):
+        failed = job in self._errors  # a read that raised reports no range: fail the job
+        if self.sources and not failed and (positions is None or len(positions) < self.sources):
             return []
         del self._remaining[job]
         slot_values = self._values.pop(job)

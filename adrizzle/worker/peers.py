@@ -19,14 +19,21 @@ from adrizzle.wire.address import parse_address
 from adrizzle.wire.channel import Channel
 from adrizzle.wire.connection import Connection
 from adrizzle.wire.listener import Listener, format_address
-from adrizzle.wire.messages import PROTOCOL_VERSION, FetchBlocks, Hello, MapOutputReady, Message
+from adrizzle.wire.messages import (
+    PROTOCOL_VERSION,
+    FetchBlocks,
+    Hello,
+    MapOutputReady,
+    MapOutputs,
+    Message,
+)
 
 if TYPE_CHECKING:
     from adrizzle.worker.config import WorkerConfig
 
 log = logging.getLogger("adrizzle.worker")
 
-DATA_MESSAGES = (MapOutputReady, FetchBlocks)
+DATA_MESSAGES = (MapOutputReady, MapOutputs, FetchBlocks)
 OnData = Callable[[Channel, Message, bytes], None]
 
 

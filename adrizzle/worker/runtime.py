@@ -21,6 +21,8 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
+
 from adrizzle.errors import AuthenticationError, ProtocolError, RemoteProtocolError
 from adrizzle.wire import auth
 from adrizzle.wire.channel import Channel, ConnectionClosed
@@ -39,6 +41,7 @@ from adrizzle.wire.messages import (
     Hello,
     LaunchGroup,
     MapOutputReady,
+    MapOutputs,
     Message,
     OffsetsLogged,
     PeerLost,
@@ -47,6 +50,7 @@ from adrizzle.wire.messages import (
     SinkFailed,
     SlotDone,
     StateCheckpoint,
+    check_map_outputs,
 )
 from adrizzle.worker.peers import PeerLinks
 from adrizzle.worker.retry import retrying
@@ -372,8 +376,8 @@ class WorkerRuntime:
 
     # -- shuffle blocks ------------------------------------------------------------------
 
-    def _route_block(self, msg: MapOutputReady, payload: bytes) -> None:
-        if msg.hold:
+    def _route_block(self, msg: MapOutputReady | MapOutputs, payload: bytes) -> None:
+        if type(msg) is MapOutputReady and msg.hold:
             key = (msg.group, msg.job, msg.shuffle, msg.worker)
             self._held.setdefault(key, []).append((msg, payload))
         elif msg.worker == self.name:
@@ -381,9 +385,11 @@ class WorkerRuntime:
         else:
             self.peers.send(msg.worker, msg, payload)
 
-    def _deliver_local(self, msg: MapOutputReady, payload: bytes) -> None:
+    def _deliver_local(self, msg: MapOutputReady | MapOutputs, payload: bytes) -> None:
         if not 0 <= msg.slot < len(self.pool.slots):
-            raise RemoteProtocolError(f"map_output_ready for slot {msg.slot}: no such slot")
+            raise RemoteProtocolError(f"{msg.TAG} for slot {msg.slot}: no such slot")
+        if type(msg) is MapOutputs:
+            check_map_outputs(msg, len(payload))
         self.pool.slots[msg.slot].channel.send(msg, payload)
 
     def _serve_fetch(
@@ -401,7 +407,7 @@ class WorkerRuntime:
         )
         for key in wanted:
             for msg, payload in self._held.pop(key):
-                send(dataclasses.replace(msg, hold=0), payload)
+                send(msgspec.structs.replace(msg, hold=0), payload)
 
     def _on_link_lost(self, peer: str, reason: str) -> None:
         log.info("data link to worker %s lost: %s", peer, reason)  # the driver decides
@@ -410,9 +416,9 @@ class WorkerRuntime:
             channel.send(PeerLost(peer=peer, reason=reason))
 
     def _on_data_message(self, channel: Channel, msg: Message, payload: bytes) -> None:
-        if type(msg) is MapOutputReady:
+        if type(msg) is MapOutputReady or type(msg) is MapOutputs:
             if msg.worker != self.name:
-                raise RemoteProtocolError(f"map_output_ready for {msg.worker} sent to {self.name}")
+                raise RemoteProtocolError(f"{msg.TAG} for {msg.worker} sent to {self.name}")
             self._deliver_local(msg, payload)
         elif type(msg) is FetchBlocks:
             self._serve_fetch(msg, channel.send)
@@ -435,7 +441,7 @@ class WorkerRuntime:
             return
         if type(msg) in FORWARDED:
             channel.send(msg, payload)
-        elif type(msg) is MapOutputReady:
+        elif type(msg) is MapOutputReady or type(msg) is MapOutputs:
             self._route_block(msg, payload)
         elif type(msg) is SlotDone:
             tally = self._groups.get(msg.group)

@@ -19,25 +19,19 @@ import select
 import signal
 import socket
 import time
-from typing import Any
-
-import cloudpickle
+from typing import TYPE_CHECKING, Any
 
 from adrizzle.errors import SinkError
 from adrizzle.plan.failure import TaskFailure
 from adrizzle.plan.offsets import SourceIO
-from adrizzle.plan.program import (
-    BlockStore,
-    JobProgram,
-    ShuffleRead,
-    StageProgram,
-)
+from adrizzle.plan.serialize import dumps
 from adrizzle.plan.state import StateStore, restore_states
 from adrizzle.wire.framing import FrameDecoder, FrameLimits, encode_frame
 from adrizzle.wire.messages import (
     CancelGroups,
     GroupFailed,
     MapOutputReady,
+    MapOutputs,
     OffsetsLogged,
     RunTasks,
     Shutdown,
@@ -47,19 +41,19 @@ from adrizzle.wire.messages import (
     decode_meta,
     encode_meta,
 )
-from adrizzle.worker.slot_results import ResultSender
+from adrizzle.worker.slot_inbox import ShuffleInbox, UpstreamFailure
+from adrizzle.worker.slot_results import PUSH_BUNDLE_BYTES, ResultSender
 from adrizzle.worker.slot_sinks import SinkStage
-from adrizzle.worker.slot_tasks import Inbox, Task, due_in, is_ready, next_ready, tasks_for
+from adrizzle.worker.slot_tasks import SlotTasks, TaskQueue, tasks_for
+
+if TYPE_CHECKING:
+    from adrizzle.plan.program import (
+        BlockStore,
+        JobProgram,
+        StageProgram,
+    )
 
 TRUSTED_LIMITS = FrameLimits(max_meta=1 << 24, max_payload=1 << 34)
-
-
-class UpstreamFailure(Exception):
-    """A map task this task depends on failed; carries that original failure."""
-
-    def __init__(self, failure: TaskFailure) -> None:
-        super().__init__(failure.message)
-        self.failure = failure
 
 
 class WorkerGone(Exception):
@@ -74,19 +68,20 @@ class SlotProcess:
         self.shuffle_timeout = shuffle_timeout
         # Map outputs bigger than the data port's frame cap go out in pieces of this size.
         self.max_block_bytes = max(1, max_block_bytes)
-        # (job, shuffle, map partition, reducer slot) -> chunks of a split map output so far
-        self.partial: dict[tuple[int, int, int, int, int], dict[int, bytes]] = {}
         self.pushed_blocks = 0  # map output frames sent to other slots (this group)
         self.pushed_bytes = 0
         self.decoder = FrameDecoder(TRUSTED_LIMITS)
-        self.sender = ResultSender(sock)
+        self.sender = ResultSender(sock, min(PUSH_BUNDLE_BYTES, self.max_block_bytes))
         self.store: BlockStore = {}
         # Per-partition state of stateful steps (streams), kept across groups like the store.
         self.states: StateStore = {}
         self.queue: collections.deque[tuple[RunTasks, bytes]] = collections.deque()
-        self.inbox: Inbox = {}  # shuffle blocks by attempt (see slot_tasks.Inbox)
+        self.inbox = ShuffleInbox()  # map outputs that arrived, by attempt
         self.cancelled: set[int] = set()
         self.io = SourceIO()  # connector readers, kept across groups
+        # The last group's programs: the next group of a run usually ships the same bytes.
+        self.last_blob = b""
+        self.last_programs: list[JobProgram] = []
         self.sinks = SinkStage()  # sink writers and the outputs waiting for offsets_logged
 
     def serve(self) -> None:
@@ -109,38 +104,18 @@ class SlotProcess:
             msg = decode_meta(meta)
             if isinstance(msg, RunTasks):
                 self.queue.append((msg, payload))
+            elif isinstance(msg, MapOutputs):
+                if msg.group not in self.cancelled:
+                    self.inbox.receive_bundle(msg, payload)
             elif isinstance(msg, MapOutputReady):
-                if msg.group in self.cancelled:
-                    continue
-                if msg.chunks > 1:
-                    whole = self.join_chunks(msg, payload)
-                    if whole is None:
-                        continue
-                    payload = whole
-                blocks = pickle.loads(payload)
-                self.file_blocks(msg.group, msg.job, msg.shuffle, msg.map_part, blocks)
+                if msg.group not in self.cancelled:
+                    self.inbox.receive_one(msg, payload)
             elif isinstance(msg, OffsetsLogged):
                 self.sink_failures(self.sinks.confirm(msg.stream, msg.through))
             elif isinstance(msg, CancelGroups):
                 self.cancel(msg.groups)
             elif isinstance(msg, Shutdown):
                 raise WorkerGone
-
-    def join_chunks(self, msg: MapOutputReady, payload: bytes) -> bytes | None:
-        """File one piece of a split map output; the whole payload once every piece is in."""
-        key = (msg.group, msg.job, msg.shuffle, msg.map_part, msg.slot)
-        pieces = self.partial.setdefault(key, {})
-        pieces[msg.chunk] = payload
-        if len(pieces) < msg.chunks:
-            return None
-        del self.partial[key]
-        return b"".join(pieces[i] for i in range(msg.chunks))
-
-    def file_blocks(
-        self, group: int, job: int, shuffle: int, map_part: int, blocks: dict[int, Any]
-    ) -> None:
-        for reduce_part, block in blocks.items():
-            self.inbox.setdefault((group, job, shuffle, reduce_part), {})[map_part] = block
 
     def cancel(self, groups: list[int]) -> None:
         """Drop these groups: queued, running (at its next wait) and their map outputs."""
@@ -161,10 +136,7 @@ class SlotProcess:
                     pass  # reported when a task needs the block
         self.queue = kept
         self.sinks.cancel(set(groups))
-        for key in [k for k in self.inbox if k[0] in self.cancelled]:
-            del self.inbox[key]
-        for chunk_key in [k for k in self.partial if k[0] in self.cancelled]:
-            del self.partial[chunk_key]
+        self.inbox.drop(self.cancelled)
 
     # -- running a group -------------------------------------------------------------------
 
@@ -178,27 +150,33 @@ class SlotProcess:
         if programs is None:
             return
         plan = tasks_for(msg, programs)
-        pending = plan.pending
+        queue = TaskQueue(msg, programs, plan, self.inbox.blocks)
+        self.inbox.listener = queue.arrived
+        try:
+            self.run_tasks(msg, programs, plan, queue, started)
+        finally:
+            self.inbox.listener = None
+
+    def run_tasks(
+        self,
+        msg: RunTasks,
+        programs: list[JobProgram],
+        plan: SlotTasks,
+        queue: TaskQueue,
+        started: float,
+    ) -> None:
         results: dict[int, dict[int, Any]] = {job: {} for job in plan.result_jobs}
-        result_jobs_left = len(results)
-        tasks = len(pending)
+        tasks = len(queue)
         failed_total = 0
         unpicklable_before = self.sender.unpicklable
         stuck_since: float | None = None
         waited = 0.0  # time spent waiting for stream data to be due: not busy
-        inbox = self.inbox
-
-        def ready(task: Task, now: float) -> bool:
-            return is_ready(programs, msg, task, inbox, now)
-
-        while pending:
-            now = time.time()
-            index = next_ready(
-                pending,
-                lambda t, now=now: is_ready(programs, msg, t, inbox, now),  # type: ignore[misc]
-            )
-            if index < 0:
-                wait = due_in(programs, msg, pending, now)
+        while queue:
+            task = queue.pop(time.time())
+            if task is None:
+                # Out of ready work: what waits goes now (map outputs others need, results).
+                self.sender.flush()
+                wait = queue.due_in(time.time())
                 if wait is not None:  # waiting for data to exist is not being stuck
                     stuck_since = None
                     wait_from = time.perf_counter()
@@ -209,15 +187,14 @@ class SlotProcess:
                     continue
                 mono = time.monotonic()
                 stuck_since = stuck_since or mono
-                if mono - stuck_since >= self.shuffle_timeout:
-                    index = 0  # give up on the head task: inputs() raises the timeout error
-                else:
+                if mono - stuck_since < self.shuffle_timeout:
                     self.receive(self.shuffle_timeout - (mono - stuck_since))
                     if msg.group in self.cancelled:
                         return  # a worker was lost: the driver re-runs these jobs
                     continue
+                task = queue.pop_waiting()  # give up: its read raises the timeout error
             stuck_since = None
-            job, stage_index, p = pending.pop(index)
+            job, stage_index, p = task
             program = programs[job - msg.first_job]
             stage = program.stages[stage_index]
             if stage.output is not None:
@@ -237,8 +214,7 @@ class SlotProcess:
                 values = [done[q] for q in plan.result_parts]
                 failed = sum(isinstance(v, TaskFailure) for v in values)
                 failed_total += failed
-                result_jobs_left -= 1
-                self.sender.add(msg, plan.result_parts, job, values, failed, result_jobs_left == 0)
+                self.sender.add(msg, plan.result_parts, job, values, failed)
         if msg.checkpoint:
             self.send_checkpoint(msg)
         self.wait_for_sinks(msg)
@@ -277,8 +253,11 @@ class SlotProcess:
                 state_ids, cells = pickle.loads(view[data_end:])
                 restore_states(self.states, state_ids, cells)
             what = "program"
-            programs: list[JobProgram] = pickle.loads(view[: msg.program_len])
-            return programs
+            blob = view[: msg.program_len]
+            if blob != self.last_blob:  # a run repeats its programs group after group
+                self.last_programs = pickle.loads(blob)
+                self.last_blob = bytes(blob)
+            return self.last_programs
         except Exception as exc:  # e.g. a function pickled by reference to a missing module
             reason = (
                 f"worker {msg.worker} slot {msg.slot} cannot load the {what} of jobs "
@@ -300,6 +279,8 @@ class SlotProcess:
         checkpoint it completes) then implies them. The driver logs a batch's offsets as soon
         as its results are in, so this waits about one round trip."""
         deadline = time.monotonic() + self.shuffle_timeout
+        if self.sinks.pending(msg.group):
+            self.sender.flush()  # the driver logs these batches once their results are in
         while self.sinks.pending(msg.group):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -326,7 +307,7 @@ class SlotProcess:
         if not changed:
             return
         try:
-            payload = bytes(cloudpickle.dumps(changed))
+            payload = dumps(changed)
         except Exception as exc:
             reason = (
                 f"worker {msg.worker} slot {msg.slot} cannot checkpoint the stream state of "
@@ -393,13 +374,16 @@ class SlotProcess:
         for index, reduce_blocks in by_slot.items():
             worker, slot = msg.placement_workers[index], msg.placement_slots[index]
             if not msg.hold and (worker, slot) == (msg.worker, msg.slot):
-                self.file_blocks(msg.group, job, stage_index, p, reduce_blocks)  # stays here
+                self.inbox.file(msg.group, job, stage_index, p, reduce_blocks)  # stays here
                 continue
-            payload = cloudpickle.dumps(reduce_blocks)
-            size = self.max_block_bytes
-            chunks = max(1, -(-len(payload) // size))
+            payload = dumps(reduce_blocks)
             self.pushed_blocks += 1
             self.pushed_bytes += len(payload)
+            if not msg.hold and len(payload) <= self.max_block_bytes:  # sent by readiness
+                self.sender.push(msg, worker, slot, (job, stage_index, p), payload)
+                continue
+            size = self.max_block_bytes
+            chunks = max(1, -(-len(payload) // size))
             for chunk in range(chunks):
                 notice = MapOutputReady(
                     group=msg.group,
@@ -418,28 +402,7 @@ class SlotProcess:
 
     def inputs(self, group: int, job: int, stage: StageProgram, p: int) -> Any:
         """The shuffle read for a reduce task, once every map output it needs is here."""
-        read = stage.input
-        if not isinstance(read, ShuffleRead):
-            return None
-        per_shuffle: list[list[Any]] = []
-        for shuffle, maps in read.shuffles:
-            key = (group, job, shuffle, p)
-            if len(self.inbox.get(key, ())) < maps:
-                have = sorted(self.inbox.pop(key, {}))
-                missing = sorted(set(range(maps)) - set(have))
-                raise TimeoutError(
-                    f"reduce task (job {job}, partition {p}) waited {self.shuffle_timeout:g} s "
-                    f"for the outputs of stage {shuffle}: {len(have)} of {maps} map outputs "
-                    f"arrived, missing map partitions {missing[:10]}"
-                )
-            arrived = self.inbox.pop(key)
-            blocks = [arrived[m] for m in range(maps)]
-            per_shuffle.append(blocks)
-        for blocks in per_shuffle:
-            for block in blocks:
-                if isinstance(block, TaskFailure):
-                    raise UpstreamFailure(block)
-        return read.read(per_shuffle)
+        return self.inbox.take(group, job, stage, p, self.shuffle_timeout)
 
 
 def _ignore_signal(signum: int, frame: object) -> None:

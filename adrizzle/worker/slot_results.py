@@ -1,7 +1,7 @@
-"""How a slot sends its results: finished micro-batches, packed within the linger time.
+"""How a slot sends what it produces: finished micro-batches and pushed map outputs, packed.
 
 All writes to the slot's socket go through ``ResultSender``, under one lock: the main thread runs
-tasks, and a small thread flushes results that waited for the linger time.
+tasks, and a small thread flushes what waited for the linger time.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
 from adrizzle.plan.failure import TaskFailure
+from adrizzle.plan.serialize import dumps
 from adrizzle.wire.framing import encode_frame
-from adrizzle.wire.messages import BatchResult, RunTasks, SlotDone, encode_meta
+from adrizzle.wire.messages import BatchResult, MapOutputs, RunTasks, SlotDone, encode_meta
 
 if TYPE_CHECKING:
     import socket
@@ -26,7 +25,7 @@ def dump_values(values: list[list[Any]]) -> tuple[bytes, list[int]]:
     Returns the bytes and, per batch, how many values had to be replaced.
     """
     try:
-        return bytes(cloudpickle.dumps(values)), [0] * len(values)
+        return dumps(values), [0] * len(values)
     except Exception:
         pass
     out: list[list[Any]] = []
@@ -35,7 +34,7 @@ def dump_values(values: list[list[Any]]) -> tuple[bytes, list[int]]:
         kept: list[Any] = []
         for v in batch:
             try:
-                cloudpickle.dumps(v)
+                dumps(v)
                 kept.append(v)
             except Exception as exc:
                 kept.append(
@@ -47,20 +46,47 @@ def dump_values(values: list[list[Any]]) -> tuple[bytes, list[int]]:
                 )
         out.append(kept)
         replaced.append(len(batch) - sum(k is v for k, v in zip(kept, batch, strict=True)))
-    return bytes(cloudpickle.dumps(out)), replaced
+    return dumps(out), replaced
+
+
+# Pushed map outputs for one destination are sent once this many bytes wait (or sooner).
+PUSH_BUNDLE_BYTES = 1 << 20
+
+
+class _Bundle:
+    """Map outputs of one group waiting for one reducer slot."""
+
+    __slots__ = ("outputs", "payloads", "size")
+
+    def __init__(self) -> None:
+        self.outputs: list[list[int]] = []  # [job, shuffle, map_part, length]
+        self.payloads: list[bytes] = []
+        self.size = 0
 
 
 class ResultSender:
-    """Sends finished micro-batches to the worker: at once, or packed within the linger time.
+    """Sends finished micro-batches and pre-scheduled map outputs by readiness: the slot
+    keeps what it finished while it has more ready work and sends it together when it runs
+    out (``flush``: before it waits for data that is not due or for map outputs, and with the
+    group's ``slot_done`` in one write). A group of many small batches then costs a frame or
+    two per slot, on any machine speed, while a paced stream (next batch not due yet) still
+    sends each batch at once.
 
-    The linger clock runs in a small thread, so results already done are sent when the linger
-    expires even while the next task is still running (a slow batch never holds back the fast
-    ones before it). A CPU-bound task holding the GIL can delay that by one switch interval.
-    All writes to the socket go through here, under one lock.
+    Map outputs pushed to other slots (``push``) wait the same way and leave as one
+    ``map_outputs`` frame per destination slot, so a group's shuffle costs a frame or two per
+    destination instead of one per map task; pushes go before results in every flush.
+
+    Nothing waits longer than ``linger`` (the run's ``result_linger``): a small clock
+    thread sends it then, so a slow batch never holds back the finished ones before it (a
+    CPU-bound task holding the GIL can delay that by one switch interval). All writes to the
+    socket go through here, under one lock.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, bundle_bytes: int = PUSH_BUNDLE_BYTES) -> None:
         self._sock = sock
+        self._bundle_bytes = bundle_bytes
+        # (group, worker, slot) -> outputs waiting for that reducer slot
+        self._pushes: dict[tuple[int, str, int], _Bundle] = {}
         self._cond = threading.Condition()
         self._group: RunTasks | None = None
         self._parts: list[int] = []
@@ -69,50 +95,61 @@ class ResultSender:
         self._values: list[list[Any]] = []
         self._positions: list[list[Any]] = []  # connector reads: [job, partition, start, end]
         self._deadline = 0.0
-        self._last_add = 0.0
         self.unpicklable = 0
         threading.Thread(target=self._linger_clock, name="result-sender", daemon=True).start()
 
+    def _empty(self) -> bool:
+        return not self._jobs and not self._positions and not self._pushes
+
+    def _pending(self, msg: RunTasks) -> None:
+        """Something is about to wait to be sent: start the clock if nothing waited."""
+        if self._empty():
+            self._group = msg
+            self._deadline = time.monotonic() + msg.linger_us / 1e6
+            self._cond.notify()
+
     def add(
-        self,
-        msg: RunTasks,
-        parts: list[int],
-        job: int,
-        values: list[Any],
-        failed: int,
-        last_of_group: bool,
+        self, msg: RunTasks, parts: list[int], job: int, values: list[Any], failed: int
     ) -> None:
+        """A finished micro-batch's values for ``parts`` (sent at the next ``flush``)."""
         with self._cond:
-            now = time.monotonic()
-            linger = msg.linger_us / 1e6
-            # Nothing to pack when this is the group's last batch, or when batches take
-            # longer than the linger time (the next one would not make it anyway).
-            send_now = last_of_group or now - self._last_add >= linger
-            self._last_add = now
-            if not self._jobs:
-                self._parts = parts
-                if not self._positions:
-                    self._group = msg
-                    self._deadline = now + linger
-                    if not send_now:
-                        self._cond.notify()  # start the linger clock
+            self._pending(msg)
+            self._parts = parts
             self._jobs.append(job)
             self._failed.append(failed)
             self._values.append(values)
-            if send_now or now >= self._deadline:
-                self._flush()
 
     def add_positions(self, msg: RunTasks, reads: list[list[Any]]) -> None:
-        """Connector reads of this group, sent with the next results (or alone, within the
-        linger time): the driver logs a batch once every source partition's range is in."""
+        """Connector reads of this group, sent with the results: the driver logs a batch once
+        every source partition's range is in."""
         with self._cond:
-            if not self._jobs and not self._positions:
-                self._group, self._parts = msg, []
-                self._deadline = time.monotonic() + msg.linger_us / 1e6
-                self._cond.notify()
+            self._pending(msg)
             self._positions += reads
-            if time.monotonic() >= self._deadline:
-                self._flush()
+
+    def push(
+        self, msg: RunTasks, worker: str, slot: int, output: tuple[int, int, int], payload: bytes
+    ) -> None:
+        """A map output (``output``: job, shuffle stage, map partition; ``payload``: pickled
+        ``{reduce_part: block}``) for the reducer slot ``slot`` of ``worker``."""
+        with self._cond:
+            key = (msg.group, worker, slot)
+            bundle = self._pushes.get(key)
+            if bundle is not None and bundle.size + len(payload) > self._bundle_bytes:
+                self._sock.sendall(self._push_frame(key, self._pushes.pop(key)))
+                bundle = None
+            if bundle is None:
+                self._pending(msg)
+                bundle = self._pushes[key] = _Bundle()
+            bundle.outputs.append([*output, len(payload)])
+            bundle.payloads.append(payload)
+            bundle.size += len(payload)
+
+    def flush(self) -> None:
+        """Send what waits (the slot ran out of ready work)."""
+        with self._cond:
+            frame = self._frames()
+            if frame:
+                self._sock.sendall(frame)
 
     def send(self, frame: bytes) -> None:
         with self._cond:
@@ -127,16 +164,30 @@ class ResultSender:
         unpicklable_before: int,
         pushed: tuple[int, int] = (0, 0),
     ) -> None:
-        """Flush the group's last results, then send its ``slot_done``."""
+        """The group's last results and its ``slot_done``, in one write."""
         with self._cond:
-            self._flush()
+            frame = self._frames()
             failed += self.unpicklable - unpicklable_before
             done = SlotDone(group, tasks, failed, busy_us, pushed[0], pushed[1])
-            self._sock.sendall(encode_frame(encode_meta(done)))
+            self._sock.sendall(frame + encode_frame(encode_meta(done)))
 
-    def _flush(self) -> None:
+    @staticmethod
+    def _push_frame(key: tuple[int, str, int], bundle: _Bundle) -> bytes:
+        group, worker, slot = key
+        meta = encode_meta(MapOutputs(group, worker, slot, bundle.outputs))
+        return encode_frame(meta, b"".join(bundle.payloads))
+
+    def _frames(self) -> bytes:
+        """Everything waiting: pushed map outputs, then results (b"" when nothing waits)."""
+        frames = [self._push_frame(key, bundle) for key, bundle in self._pushes.items()]
+        self._pushes.clear()
+        frames.append(self._frame())
+        return b"".join(frames)
+
+    def _frame(self) -> bytes:
+        """The waiting results as one ``batch_result`` frame (b"" when nothing waits)."""
         if not self._jobs and not self._positions:
-            return
+            return b""
         assert self._group is not None
         payload, replaced = dump_values(self._values)
         failed = [f + r for f, r in zip(self._failed, replaced, strict=True)]
@@ -149,12 +200,12 @@ class ResultSender:
         )
         self._jobs, self._failed, self._values, self._positions = [], [], [], []
         self.unpicklable += sum(replaced)
-        self._sock.sendall(encode_frame(encode_meta(result), payload))
+        return encode_frame(encode_meta(result), payload)
 
     def _linger_clock(self) -> None:
         with self._cond:
             while True:
-                if not self._jobs and not self._positions:
+                if self._empty():
                     self._cond.wait()
                     continue
                 left = self._deadline - time.monotonic()
@@ -162,6 +213,8 @@ class ResultSender:
                     self._cond.wait(left)
                     continue
                 try:
-                    self._flush()
+                    frame = self._frames()
+                    if frame:
+                        self._sock.sendall(frame)
                 except OSError:
                     return  # the worker is gone; the main thread notices on its next recv

@@ -5,18 +5,21 @@ slot ``placement[p % n]``) instead of receiving a task list, so a launch costs t
 the group size. Order: lower batch first, and within a batch stage by stage, so a reduce runs
 before the next batch's maps and no slot ever waits on a task that waits on it. A task is ready
 when its source's data is due (paced streams) or, for a reduce, when every map output it reads
-has arrived; a reduce still waiting lets later ready tasks (the next batch's maps) run first.
+has arrived; a reduce still waiting lets later ready tasks (the next batch's maps) run first
+(``TaskQueue``).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import heapq
 from typing import TYPE_CHECKING, Any
 
 from adrizzle.plan.program import ShuffleRead
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from adrizzle.plan.program import JobProgram
     from adrizzle.wire.messages import RunTasks
@@ -60,36 +63,86 @@ def tasks_for(run: RunTasks, programs: Sequence[JobProgram]) -> SlotTasks:
     return SlotTasks(pending, result_parts, result_jobs)
 
 
-def is_ready(
-    programs: Sequence[JobProgram], run: RunTasks, task: Task, inbox: Inbox, now: float
-) -> bool:
-    """A source task whose data is due (``now``: epoch seconds), or a reduce task whose map
-    outputs have all arrived."""
-    job, stage_index, p = task
-    read = programs[job - run.first_job].stages[stage_index].input
-    if not isinstance(read, ShuffleRead):
-        due = read.ready_at(job)
-        return due is None or due <= now
-    group = run.group
-    return all(len(inbox.get((group, job, s, p), ())) >= maps for s, maps in read.shuffles)
+class TaskQueue:
+    """This slot's pending tasks of one group, handed out first ready first in priority order.
 
+    A source task is ready when its data is due; a reduce task once every map output of its
+    attempt has arrived. Arrivals are counted as the inbox files them (``arrived``), so
+    picking a task never rescans the reduces still waiting: that scan, once per task, was 45%
+    of a slot's time in a 100-batch group of a small shuffle (py-spy, measured here).
+    """
 
-def next_ready(pending: Sequence[Task], ready: Callable[[Task], bool]) -> int:
-    """The index of the first ready task in priority order, or -1."""
-    for i, task in enumerate(pending):
-        if ready(task):
-            return i
-    return -1
+    def __init__(
+        self, run: RunTasks, programs: Sequence[JobProgram], plan: SlotTasks, inbox: Inbox
+    ) -> None:
+        """``inbox``: the map outputs already here (they may arrive before their group runs)."""
+        self.tasks = plan.pending
+        self._left = len(self.tasks)
+        self._sources: collections.deque[int] = collections.deque()
+        self._due: dict[int, float | None] = {}
+        self._missing: dict[int, int] = {}  # reduce task -> inputs still incomplete
+        self._waiting: dict[tuple[int, int, int, int], tuple[int, int]] = {}  # key -> (task, maps)
+        self._ready: list[int] = []  # heap of reduce tasks whose inputs are all in
+        for i, (job, stage_index, p) in enumerate(self.tasks):
+            read = programs[job - run.first_job].stages[stage_index].input
+            if not isinstance(read, ShuffleRead):
+                self._sources.append(i)
+                self._due[i] = read.ready_at(job)
+                continue
+            self._missing[i] = 0
+            for shuffle, maps in read.shuffles:
+                key = (run.group, job, shuffle, p)
+                if len(inbox.get(key, ())) < maps:
+                    self._waiting[key] = (i, maps)
+                    self._missing[i] += 1
+            if not self._missing[i]:
+                heapq.heappush(self._ready, i)
 
+    def __len__(self) -> int:
+        return self._left
 
-def due_in(
-    programs: Sequence[JobProgram], run: RunTasks, pending: Sequence[Task], now: float
-) -> float | None:
-    """Seconds until the earliest pending source task's data is due, if one waits for it."""
-    due = None
-    for job, stage_index, _p in pending:
-        read = programs[job - run.first_job].stages[stage_index].input
-        at = None if isinstance(read, ShuffleRead) else read.ready_at(job)
-        if at is not None and (due is None or at < due):
-            due = at
-    return None if due is None else max(0.0, due - now)
+    def arrived(self, key: tuple[int, int, int, int], have: int) -> None:
+        """The inbox now holds ``have`` map outputs for ``key`` (group, job, shuffle, part)."""
+        entry = self._waiting.get(key)
+        if entry is None or have < entry[1]:
+            return
+        del self._waiting[key]
+        task = entry[0]
+        self._missing[task] -= 1
+        if not self._missing[task]:
+            heapq.heappush(self._ready, task)
+
+    def pop(self, now: float) -> Task | None:
+        """The first ready task in priority order (``now``: epoch seconds), or None."""
+        source = -1
+        for i in self._sources:  # the head, unless a paced source is not due yet
+            due = self._due[i]
+            if due is None or due <= now:
+                source = i
+                break
+        if self._ready and (source < 0 or self._ready[0] < source):
+            return self._take(heapq.heappop(self._ready))
+        if source < 0:
+            return None
+        if source == self._sources[0]:
+            self._sources.popleft()
+        else:
+            self._sources.remove(source)
+        return self._take(source)
+
+    def pop_waiting(self) -> Task:
+        """Give up waiting: the first reduce task still missing inputs (its read then raises
+        the error naming what is missing)."""
+        task = min(i for i, missing in self._missing.items() if missing)
+        self._missing[task] = 0
+        return self._take(task)
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until the earliest pending source task's data is due, if one waits for it."""
+        due = [d for i in self._sources if (d := self._due[i]) is not None]
+        return max(0.0, min(due) - now) if due else None
+
+    def _take(self, task: int) -> Task:
+        self._left -= 1
+        self._missing.pop(task, None)
+        return self.tasks[task]

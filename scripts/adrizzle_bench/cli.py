@@ -22,6 +22,7 @@ import adrizzle
 from adrizzle.progress import progress
 from adrizzle_bench import (
     checkpoint_cost,
+    connectors,
     harness,
     peers,
     recovery,
@@ -64,6 +65,10 @@ BENCHES: dict[str, tuple[Bench, str]] = {
     "checkpoint-cost": (
         checkpoint_cost.bench_checkpoint_cost,
         "what checkpointing stream state at every group costs",
+    ),
+    "connectors": (
+        connectors.bench_connectors,
+        "Redis Streams / Kafka -> counts -> PostgreSQL / Redis, exactly once: rate and latency",
     ),
     "soak": (
         soak.bench_soak,

@@ -170,7 +170,7 @@ class DataLinkCutter:
                 meta_len, payload_len = HEADER.unpack(header)
                 body = await c_reader.readexactly(meta_len + payload_len)
                 frame = header + body
-                if orjson.loads(body[:meta_len]).get("t") == "map_output_ready":
+                if orjson.loads(body[:meta_len]).get("t") in ("map_output_ready", "map_outputs"):
                     if passed == self.after and not self.cut:
                         self.cut = True
                         t_writer.write(frame[: len(frame) // 2])

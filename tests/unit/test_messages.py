@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import orjson
@@ -28,6 +27,7 @@ from adrizzle.wire.messages import (
     Hello,
     LaunchGroup,
     MapOutputReady,
+    MapOutputs,
     Message,
     OffsetsLogged,
     PeerLost,
@@ -37,8 +37,10 @@ from adrizzle.wire.messages import (
     SlotDone,
     SlotReady,
     StateCheckpoint,
+    check_map_outputs,
     decode_meta,
     encode_meta,
+    fields_of,
 )
 
 #: One hand-written instance of every message type, with every field set to a non-default value.
@@ -95,6 +97,7 @@ SAMPLES: list[Message] = [
     ),
     ClusterView(workers=["w1", "w2"], data_addresses=["127.0.0.1:1", "127.0.0.1:2"]),
     MapOutputReady(group=3, job=4, shuffle=0, map_part=2, worker="w2", slot=1, reduce_parts=[1, 3]),
+    MapOutputs(group=3, worker="w2", slot=1, outputs=[[4, 0, 2, 17], [5, 0, 2, 19]]),
     FetchBlocks(group=3, first_job=0, last_job=10, shuffles=[0], worker="w1"),
     GroupFailed(group=3, worker="w1", slot=0, reason="cannot load: ModuleNotFoundError"),
     CancelGroups(groups=[3, 4]),
@@ -137,7 +140,7 @@ def test_roundtrip(msg: Message) -> None:
 def test_meta_is_a_json_object_with_tag_and_all_fields(msg: Message) -> None:
     obj = orjson.loads(encode_meta(msg))
     assert obj.pop("t") == msg.TAG
-    assert obj == {f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)}
+    assert obj == {name: getattr(msg, name) for name, _a, _r in fields_of(type(msg))}
 
 
 def test_optional_fields_take_their_defaults() -> None:
@@ -189,7 +192,7 @@ _STRATEGIES["list[list[Any]]"] = st.lists(st.lists(_JSON, max_size=4), max_size=
 
 
 def _message_strategy(cls: type[Message]) -> st.SearchStrategy[Message]:
-    return st.builds(cls, **{f.name: _STRATEGIES[str(f.type)] for f in dataclasses.fields(cls)})
+    return st.builds(cls, **{name: _STRATEGIES[a] for name, a, _r in fields_of(cls)})
 
 
 @settings(max_examples=300, deadline=None)
@@ -256,10 +259,10 @@ def test_missing_required_field(name: str) -> None:
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: m.TAG)
 def test_every_required_field_is_checked(msg: Message) -> None:
-    for f in dataclasses.fields(msg):
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            with pytest.raises(RemoteProtocolError, match=f"missing field '{f.name}'"):
-                decode_meta(_meta(msg, **{f.name: _DROP}))
+    for name, _annotation, required in fields_of(type(msg)):
+        if required:
+            with pytest.raises(RemoteProtocolError, match=f"missing field '{name}'"):
+                decode_meta(_meta(msg, **{name: _DROP}))
 
 
 @pytest.mark.parametrize(
@@ -339,5 +342,18 @@ def test_class_attribute_tag_is_not_a_field() -> None:
 
 def test_messages_are_frozen() -> None:
     msg = Auth(mac="x")
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):  # msgspec: "immutable type"
         msg.mac = "y"  # type: ignore[misc]
+
+
+def test_a_map_outputs_bundle_must_add_up_to_its_payload() -> None:
+    bundle = MapOutputs(group=3, worker="w2", slot=1, outputs=[[4, 0, 2, 17], [5, 0, 2, 19]])
+    check_map_outputs(bundle, 36)
+    with pytest.raises(RemoteProtocolError, match="payload length does not match"):
+        check_map_outputs(bundle, 35)
+    short = MapOutputs(group=3, worker="w2", slot=1, outputs=[[4, 0, 17]])
+    with pytest.raises(RemoteProtocolError, match=r"\[job, shuffle, map_part, length\]"):
+        check_map_outputs(short, 17)
+    negative = MapOutputs(group=3, worker="w2", slot=1, outputs=[[4, 0, 2, -1], [5, 0, 2, 2]])
+    with pytest.raises(RemoteProtocolError, match=r"\[job, shuffle, map_part, length\]"):
+        check_map_outputs(negative, 1)

@@ -14,7 +14,7 @@ from adrizzle.plan.program import (
     StageProgram,
 )
 from adrizzle.wire.messages import RunTasks
-from adrizzle.worker.slot_tasks import due_in, is_ready, next_ready, tasks_for
+from adrizzle.worker.slot_tasks import TaskQueue, tasks_for
 
 
 def two_stage() -> JobProgram:
@@ -55,22 +55,34 @@ def test_a_slot_takes_partitions_p_mod_n_lowest_batch_first_then_stage_order() -
 def test_a_reduce_is_ready_once_every_map_output_of_its_attempt_arrived() -> None:
     programs = [two_stage()]
     run = launch(0, last=1)
-    reduce_task = (0, 1, 0)
-    inbox: dict[tuple[int, int, int, int], dict[int, object]] = {}
-    assert not is_ready(programs, run, reduce_task, inbox, now=0.0)
-    inbox[(7, 0, 0, 0)] = {0: {}, 1: {}, 2: {}}
-    assert not is_ready(programs, run, reduce_task, inbox, now=0.0)
-    inbox[(6, 0, 0, 0)] = {3: {}}  # an aborted attempt's output does not count
-    assert not is_ready(programs, run, reduce_task, inbox, now=0.0)
-    inbox[(7, 0, 0, 0)][3] = {}
-    assert is_ready(programs, run, reduce_task, inbox, now=0.0)
-    assert is_ready(programs, run, (0, 0, 0), inbox, now=0.0)  # a map of a function source
+    inbox: dict[tuple[int, int, int, int], dict[int, object]] = {(7, 0, 0, 0): {0: {}}}
+    queue = TaskQueue(run, programs, tasks_for(run, programs), inbox)
+    assert [queue.pop(0.0), queue.pop(0.0)] == [(0, 0, 0), (0, 0, 2)]  # the maps
+    assert queue.pop(0.0) is None  # the reduce waits: 1 of 4 outputs (filed before it ran)
+    queue.arrived((6, 0, 0, 0), 4)  # an aborted attempt's outputs do not count
+    queue.arrived((7, 0, 0, 0), 3)
+    assert queue.pop(0.0) is None
+    queue.arrived((7, 0, 0, 0), 4)
+    assert queue.pop(0.0) == (0, 1, 0)
+    assert len(queue) == 0
 
 
 def test_the_first_ready_task_runs_and_a_waiting_reduce_lets_later_maps_go() -> None:
-    pending = [(0, 1, 0), (1, 0, 0), (1, 0, 2)]
-    assert next_ready(pending, lambda t: t[1] == 0) == 1
-    assert next_ready(pending, lambda t: False) == -1
+    programs = [two_stage()] * 3
+    run = launch(0, last=3)
+    queue = TaskQueue(run, programs, tasks_for(run, programs), {})
+    assert [queue.pop(0.0) for _ in range(4)] == [(0, 0, 0), (0, 0, 2), (1, 0, 0), (1, 0, 2)]
+    queue.arrived((7, 1, 0, 0), 4)  # batch 1's reduce is ready before batch 0's
+    assert queue.pop(0.0) == (1, 1, 0)  # it goes before batch 2's maps
+    assert queue.pop(0.0) == (2, 0, 0)
+    queue.arrived((7, 0, 0, 0), 4)
+    assert queue.pop(0.0) == (0, 1, 0)
+    assert queue.pop(0.0) == (2, 0, 2)
+    assert queue.pop(0.0) is None
+    assert len(queue) == 1
+    assert queue.due_in(0.0) is None  # reduces wait for data, not for time
+    assert queue.pop_waiting() == (2, 1, 0)  # giving up: its read names what is missing
+    assert len(queue) == 0
 
 
 def test_a_paced_source_is_due_at_the_end_of_its_interval() -> None:
@@ -79,10 +91,11 @@ def test_a_paced_source_is_due_at_the_end_of_its_interval() -> None:
     run = launch(0, first=0, last=3, stages=(0,))
     plan = tasks_for(run, [program] * 3)
     assert plan.pending == [(0, 0, 0), (1, 0, 0), (2, 0, 0)]
+    queue = TaskQueue(run, [program] * 3, plan, {})
     # Batch 10 covers [105.0, 105.5): its data is due at 105.5.
-    assert due_in([program] * 3, run, plan.pending, now=105.2) == pytest.approx(0.3)
-    assert not is_ready([program] * 3, run, (0, 0, 0), {}, now=105.2)
-    assert is_ready([program] * 3, run, (0, 0, 0), {}, now=105.5)
-    assert due_in([program], run, [(0, 0, 0)], now=200.0) == 0.0
-    two = launch(0, last=1)
-    assert due_in([two_stage()], two, [(0, 1, 0)], now=0.0) is None  # reduces wait for data
+    assert queue.due_in(105.2) == pytest.approx(0.3)
+    assert queue.pop(105.2) is None
+    assert queue.pop(105.5) == (0, 0, 0)
+    assert queue.due_in(105.5) == pytest.approx(0.5)
+    assert queue.pop(200.0) == (1, 0, 0)
+    assert queue.due_in(200.0) == 0.0
