@@ -118,9 +118,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     scale.add_argument(
         "--sim-results",
-        choices=["batch", "linger"],
-        help="--simulated: a result frame per micro-batch per slot (batch, default) or packed "
-        "within the linger time as a real slot packs them",
+        choices=["slot", "batch"],
+        help="--simulated: result frames packed as a real slot packs them (slot, default: when "
+        "it runs out of ready work or after the linger time) or one per micro-batch per slot",
     )
     scale.add_argument(
         "--hosts", type=int, help="real workers on this many network namespaces (needs root)"

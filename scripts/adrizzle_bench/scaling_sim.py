@@ -2,7 +2,7 @@
 workers, with simulated workers (Drizzle's scaling figure).
 
     python scripts/bench.py scaling --simulated 16,128,512,1024 [--repeats 3] [--quick]
-        [--task-cost-us 0] [--sim-results batch|linger]
+        [--task-cost-us 0] [--sim-results slot|batch]
 
 For each worker count a real driver (this process) and that many simulated workers
 (``adrizzle_bench.simworkers``: the real protocol, no user code; 1 slot each) in other
@@ -79,7 +79,7 @@ async def bench_workers(
     partitions = 2 * workers
     sim_options = {
         "task_cost_us": float(getattr(args, "task_cost_us", 0.0) or 0.0),
-        "results": getattr(args, "sim_results", None) or "batch",
+        "results": getattr(args, "sim_results", None) or "slot",
     }
     async with simulated_engine(workers, sim=sim_options) as (engine, sim):
         data = engine.parallelize(range(partitions * RECORDS), partitions).cache()
@@ -162,7 +162,7 @@ def target_lines(table: list[dict[str, Any]]) -> list[str]:
 def report(table: list[dict[str, Any]], args: argparse.Namespace, repeats: int) -> list[str]:
     counts = sorted({r["workers"] for r in table})
     cost = float(getattr(args, "task_cost_us", 0.0) or 0.0)
-    mode = getattr(args, "sim_results", None) or "batch"
+    mode = getattr(args, "sim_results", None) or "slot"
     lines = [
         f"### scaling, simulated workers: {', '.join(map(str, counts))} workers of 1 slot, "
         f"2 partitions x {RECORDS} ints per worker, median of {repeats}",
@@ -182,7 +182,8 @@ def report(table: list[dict[str, Any]], args: argparse.Namespace, repeats: int) 
             "one batch_result per micro-batch per slot, as a slot whose tasks outlast the "
             "linger time sends them"
             if mode == "batch"
-            else "packed within the linger time, as slot_results.ResultSender packs them"
+            else "packed as slot_results.ResultSender packs them: sent when the slot runs out "
+            "of ready work (a simulated slot: at its group's end) or after the linger time"
         )
         + "). Driver CPU is this process's `time.process_time`; the simulating processes run "
         "beside it on the same cores, so wall time includes their work.",

@@ -221,7 +221,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cores", type=int, default=1, help="slots per simulated worker")
     p.add_argument("--task-cost-us", type=float, default=0.0, help="each task's cost, µs")
     p.add_argument("--spin", action="store_true", help="burn the CPU for the cost (not sleep)")
-    p.add_argument("--results", choices=RESULT_MODES, default="batch")
+    p.add_argument("--results", choices=RESULT_MODES, default="slot")
     p.add_argument("--heartbeat-interval", type=float, default=1.0)
     p.add_argument("--heartbeat-timeout", type=float, default=30.0)
     p.add_argument("--no-bind", action="store_true", help="dial from the default address")

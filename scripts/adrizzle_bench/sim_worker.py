@@ -5,8 +5,9 @@ slots would, without running user code (what is simulated: ``adrizzle_bench.simw
 ``adrizzle.wire``, the cluster token, a ``Hello`` with role "worker", cores, pid and a data
 address), decodes every frame with the real codec and answers each ``launch_group`` per slot
 (``sim_plans.SlotShare``): one ``batch_result`` per micro-batch with result partitions on the
-slot, or packed within the launch's linger time as ``slot_results.ResultSender`` packs them,
-then one ``group_done`` per group with the slots' totals. ``cancel_groups`` drops what is left
+slot, or packed as ``slot_results.ResultSender`` packs them (kept while the slot has ready
+work, sent when it runs out or after the launch's linger time), then one ``group_done`` per
+group with the slots' totals. ``cancel_groups`` drops what is left
 of those groups (no result, no ``group_done``); ``shutdown`` closes the connection.
 
 Task cost (``SimSettings``): 0 runs a group at once; ``task_cost_us`` with ``spin=False`` keeps
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from adrizzle_bench.sim_plans import Plans, SlotShare
 
 DRIVER_MESSAGES = (LaunchGroup, ClusterView, CancelGroups, Shutdown, Heartbeat, OffsetsLogged)
-RESULT_MODES = ("batch", "linger")
+RESULT_MODES = ("batch", "slot")
 #: Metas of ``cluster_view`` frames start so (orjson keeps the tag first): counted, not decoded.
 _VIEW_PREFIX = b'{"t":"cluster_view"'
 
@@ -67,7 +68,7 @@ class SimSettings:
     cores: int = 1
     task_cost_us: float = 0.0
     spin: bool = False
-    results: str = "batch"  # "batch": a frame per batch; "linger": packed as a real slot packs
+    results: str = "slot"  # "slot": packed as a real slot packs; "batch": a frame per batch
     handshake_timeout: float = 30.0
     data_address: str | None = None
 
@@ -126,8 +127,11 @@ class _Run:
 
 
 class _Slot:
-    """One simulated slot: its queue of groups and how its results leave (``ResultSender``'s
-    rules: a batch waits for more only within the linger time, the group's last never)."""
+    """One simulated slot: its queue of groups and how its results leave. ``ResultSender``'s
+    rule: finished batches wait while the slot has more ready work and go when it runs out, or
+    once the first of them waited the linger time. A simulated slot always has ready work until
+    its group ends (its reducers never wait for map outputs), so it sends at the group's end or
+    at the linger time."""
 
     def __init__(self, worker: SimWorker, index: int) -> None:
         self.worker = worker
@@ -135,11 +139,9 @@ class _Slot:
         self.queue: collections.deque[_Run] = collections.deque()
         self.free_at = 0.0
         self.timer: asyncio.TimerHandle | None = None
-        self.jobs: list[int] = []  # a pack of results waiting for the linger time
+        self.jobs: list[int] = []  # results waiting to be sent together
         self.parts: list[int] = []
         self.group = -1
-        self.deadline = 0.0
-        self.last_add = 0.0
         self.flush_timer: asyncio.TimerHandle | None = None
 
     def enqueue(self, run: _Run, cost_s: float, spin: bool) -> None:
@@ -183,27 +185,18 @@ class _Slot:
                     run.busy_s += batch.tasks * cost_s
                 run.next += 1
                 if batch.result:
-                    self.result(run, run.first_job + batch.offset, run.next == len(batches))
+                    self.result(run, run.first_job + batch.offset)
             self.queue.popleft()
-            self.flush()
+            self.flush()  # the group's last results, then its acknowledgement
             worker.slot_done(run)
 
-    def result(self, run: _Run, job: int, last_of_group: bool) -> None:
-        parts = run.share.result_parts
-        if self.worker.settings.results == "batch":
-            self.jobs, self.parts, self.group = [job], parts, run.group
-            self.flush()
-            return
-        now = time.monotonic()
-        send_now = last_of_group or now - self.last_add >= run.linger_s
-        self.last_add = now
+    def result(self, run: _Run, job: int) -> None:
         if not self.jobs:
-            self.parts, self.group = parts, run.group
-            self.deadline = now + run.linger_s
-            if not send_now:
-                self.flush_timer = self.worker.loop.call_at(self.deadline, self.flush)
+            self.parts, self.group = run.share.result_parts, run.group
+            if self.worker.settings.results == "slot":  # the linger clock starts
+                self.flush_timer = self.worker.loop.call_later(run.linger_s, self.flush)
         self.jobs.append(job)
-        if send_now or now >= self.deadline:
+        if self.worker.settings.results == "batch":
             self.flush()
 
     def flush(self) -> None:

@@ -13,10 +13,12 @@ What is real, frame for frame:
   ``cluster_view`` (counted only, see below); each ``launch_group`` checked as the runtime
   checks it, and each slot's tasks derived from its placement by
   ``adrizzle.worker.slot_tasks.tasks_for``, the slot's own code;
-- per slot, a ``batch_result`` per micro-batch with result partitions on it (meta ``jobs,
-  parts, failed``; payload the pickled list of, per job, its values for the slot's result
-  partitions), or, with ``results="linger"``, packed by ``slot_results.ResultSender``'s rule
-  (a batch waits for more only within the launch's linger time; a group's last never waits);
+- per slot, ``batch_result`` frames (meta ``jobs, parts, failed``; payload the pickled list
+  of, per job, its values for the slot's result partitions) packed by
+  ``slot_results.ResultSender``'s rule (``results="slot"``, the default: finished batches wait
+  while the slot has ready work, and go when it runs out or once the first waited the launch's
+  linger time; here, at the group's end or the linger time), or one per micro-batch
+  (``results="batch"``: what a slot sends when each batch outlasts the linger time);
 - one ``group_done`` per worker per group once all its slots finished, with the tasks, busy
   time and pushed map outputs (frames, bytes) a real worker would total;
 - heartbeats every interval, and leaving after the driver's silence; ``cancel_groups`` drops
@@ -136,7 +138,7 @@ class SimCluster:
         cores: int = 1,
         task_cost_us: float = 0.0,
         spin: bool = False,
-        results: str = "batch",
+        results: str = "slot",
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 30.0,
         ready_timeout: float = 180.0,

@@ -1,15 +1,15 @@
 """Simulated workers (adrizzle_bench.sim_plans, sim_worker) against a fake driver speaking the
-real wire: the handshake, what a launch is answered with, linger packing, cancel, shutdown."""
+real wire: the handshake, what a launch is answered with, packing, cancel, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import pickle
 from collections.abc import AsyncIterator
 
 import cloudpickle
+import msgspec
 import pytest
 
 from adrizzle.errors import RemoteProtocolError
@@ -165,11 +165,11 @@ async def test_a_launch_is_answered_per_batch_then_acknowledged_once(
     driver: tuple[FakeDriver, str, int],
 ) -> None:
     fake = driver[0]
-    worker, counters = await join(driver)
+    worker, counters = await join(driver, results="batch")
     assert fake.channel is not None
     fake.channel.send(ClusterView(["w", "x"], ["a:1", "b:2"]))  # counted, not decoded
     msg, blob = launch(single_stage(), group=7, first=10, jobs=3)
-    shipped = dataclasses.replace(msg, slot_data=[len(b"source blocks")])
+    shipped = msgspec.structs.replace(msg, slot_data=[len(b"source blocks")])
     fake.channel.send(shipped, blob + b"source blocks")  # length-checked, then dropped
     answers = [await fake.next() for _ in range(4)]
     for k, (result, payload) in enumerate(answers[:3]):
@@ -195,24 +195,42 @@ async def test_a_launch_whose_payload_does_not_add_up_breaks_the_connection(
     assert worker.gone
 
 
-async def test_linger_packs_batches_that_finish_within_it_as_a_real_slot_does(
+async def test_slot_packing_sends_a_group_that_finishes_at_once_in_one_frame(
     driver: tuple[FakeDriver, str, int],
 ) -> None:
     fake = driver[0]
-    worker, _ = await join(driver, results="linger")
+    worker, _ = await join(driver)  # results="slot", the default
     assert fake.channel is not None
     msg, blob = launch(single_stage(), jobs=5)
     fake.channel.send(msg, blob)
-    # ResultSender's rule: a batch after an idle spell longer than the linger time (here the
-    # slot's first) goes at once; the next ones, done within it, are packed until the last.
-    packs = []
-    for _ in range(2):
-        result, payload = await fake.next()
-        assert isinstance(result, BatchResult)
-        assert pickle.loads(payload) == [[sim_value(j, 0), sim_value(j, 2)] for j in result.jobs]
-        packs.append(result.jobs)
-    assert packs == [[0], [1, 2, 3, 4]]
+    # ResultSender's rule: results wait while the slot has ready work; here it runs out at
+    # the group's end, so the group's five batches leave together, before its acknowledgement.
+    result, payload = await fake.next()
+    assert isinstance(result, BatchResult)
+    assert result.jobs == [0, 1, 2, 3, 4]
+    assert pickle.loads(payload) == [[sim_value(j, 0), sim_value(j, 2)] for j in range(5)]
     assert isinstance((await fake.next())[0], GroupDone)
+    worker.close()
+
+
+async def test_slot_packing_sends_what_waited_the_linger_time(
+    driver: tuple[FakeDriver, str, int],
+) -> None:
+    fake = driver[0]
+    # A batch every 20 ms (2 tasks of 10 ms), a linger of 50 ms: packs of about 3 batches.
+    worker, _ = await join(driver, results="slot", task_cost_us=10_000)
+    assert fake.channel is not None
+    msg, blob = launch(single_stage(), jobs=12)
+    fake.channel.send(msgspec.structs.replace(msg, linger_us=50_000), blob)
+    packs: list[list[int]] = []
+    while True:
+        result = (await fake.next())[0]
+        if isinstance(result, GroupDone):
+            break
+        assert isinstance(result, BatchResult)
+        packs.append(result.jobs)
+    assert [j for pack in packs for j in pack] == list(range(12))
+    assert 2 <= len(packs) <= 8  # neither one frame per batch nor one per group
     worker.close()
 
 
@@ -221,7 +239,7 @@ async def test_a_cancelled_group_sends_nothing_more_and_the_next_one_runs(
 ) -> None:
     fake = driver[0]
     # 2 tasks per batch at 100 ms each: a batch every 200 ms.
-    worker, counters = await join(driver, task_cost_us=100_000)
+    worker, counters = await join(driver, results="batch", task_cost_us=100_000)
     assert fake.channel is not None
     first, blob = launch(single_stage(), group=1, jobs=10)
     fake.channel.send(first, blob)
