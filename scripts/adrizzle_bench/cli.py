@@ -55,7 +55,8 @@ BENCHES: dict[str, tuple[Bench, str]] = {
     ),
     "scaling": (
         scaling.bench_scaling,
-        "driver CPU and frames per task and group, 1 to 8 workers, G = 1 to 1000",
+        "driver CPU and frames per task and group, 1 to 8 workers, G = 1 to 1000 (or "
+        "--simulated N,..., or --hosts N --rtt-ms X,...)",
     ),
     "peers": (
         peers.bench_peers,
@@ -105,6 +106,31 @@ def make_parser() -> argparse.ArgumentParser:
     ysb.add_argument("--start-rate", type=int, help="first events/s tried (default 1000)")
     ysb.add_argument("--max-rate", type=int, help="highest events/s tried (default 512000)")
     ysb.add_argument("--bisect", type=int, help="bisection steps per size (default 1)")
+    scale = parser.add_argument_group("scaling")
+    scale.add_argument(
+        "--simulated",
+        type=_ints,
+        metavar="N,N,...",
+        help="simulated workers instead of local ones, at these counts (e.g. 16,128,512,1024)",
+    )
+    scale.add_argument(
+        "--task-cost-us", type=float, help="--simulated: each task's cost, µs (default 0)"
+    )
+    scale.add_argument(
+        "--sim-results",
+        choices=["slot", "batch"],
+        help="--simulated: result frames packed as a real slot packs them (slot, default: when "
+        "it runs out of ready work or after the linger time) or one per micro-batch per slot",
+    )
+    scale.add_argument(
+        "--hosts", type=int, help="real workers on this many network namespaces (needs root)"
+    )
+    scale.add_argument(
+        "--rtt-ms",
+        type=_floats,
+        metavar="X,X,...",
+        help="--hosts: round-trip times injected by delay proxies (default 0,0.5,2)",
+    )
     long_run = parser.add_argument_group("soak")
     long_run.add_argument("--minutes", type=float, help="how long (default 10; --quick: 1)")
     long_run.add_argument("--engines", type=int, help="fresh engines (default 20; --quick: 4)")
@@ -112,6 +138,26 @@ def make_parser() -> argparse.ArgumentParser:
         "--kill-every", type=float, help="seconds between worker kills (default 30; --quick: 15)"
     )
     return parser
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 16,128, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0,0.5,2, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected numbers >= 0, got {text!r}")
+    return values
 
 
 def for_bench(args: argparse.Namespace, name: str) -> argparse.Namespace:

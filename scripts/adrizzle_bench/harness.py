@@ -55,6 +55,8 @@ ORDER = (
     "streaming-10ms",
     "recovery",
     "scaling",
+    "scaling-simulated",
+    "scaling-hosts",
     "checkpoint-cost",
     "soak",
 )
@@ -437,4 +439,58 @@ def plot_timeline(
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="upper left", framealpha=0.9)
     axes[-1].set_xlabel(xlabel)
+    return _save(fig, path)
+
+
+@dataclasses.dataclass
+class XYPanel:
+    """One panel of ``plot_xy_panels``: ``lines`` maps a label ``"COLOUR · STYLE"`` (say
+    ``"G=10 · shuffle"``) to its points ``{x: y}``; lines share a colour by the part before
+    " · " and a style by the part after (the first style met solid, the next dashed, ...)."""
+
+    title: str
+    ylabel: str
+    lines: Mapping[str, Mapping[float, float]]
+
+
+def plot_xy_panels(
+    path: Path, panels: Sequence[XYPanel], *, xlabel: str, title: str = "", logx: bool = True
+) -> Path | None:
+    """Side-by-side panels of y (log) vs x (log unless ``logx=False``): Drizzle's scaling
+    figure, time per micro-batch vs workers, one line per group size. None without
+    matplotlib."""
+    if not have_matplotlib():
+        return None
+    plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), dpi=110)
+    axes = list(axes) if len(panels) > 1 else [axes]
+    colours: dict[str, str] = {}
+    styles: dict[str, str] = {}
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, panel in zip(axes, panels, strict=True):
+        for label, points in panel.lines.items():
+            if not points:
+                continue
+            colour_key, _sep, style_key = label.partition(" · ")
+            colour = colours.setdefault(colour_key, cycle[len(colours) % len(cycle)])
+            style = styles.setdefault(style_key, ("-", "--", ":", "-.")[len(styles) % 4])
+            xs = sorted(points)
+            ax.plot(xs, [points[x] for x in xs], style, marker="o", color=colour, label=label)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_yscale("log")
+        xs_all = sorted({x for points in panel.lines.values() for x in points})
+        ax.set_xticks(xs_all, [f"{x:g}" for x in xs_all])
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda _v, _p: ""))
+        for axis_ticks in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis_ticks(FuncFormatter(_tick_label))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(panel.ylabel)
+        ax.set_title(panel.title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", framealpha=0.9)
+    if title:
+        fig.suptitle(title, fontsize=11)
     return _save(fig, path)

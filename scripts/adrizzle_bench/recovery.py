@@ -259,16 +259,25 @@ def rolling_median(values: list[float], width: int) -> list[float]:
 
 
 def recovered_index(
-    latency: list[float], done_at: list[float], first: int, limit: float, hold: float
+    latency: list[float],
+    done_at: list[float],
+    first: int,
+    limit: float,
+    hold: float,
+    due: list[float] | None = None,
 ) -> int | None:
     """The first index >= ``first`` from which latency stays <= ``limit`` for ``hold`` seconds
-    of deliveries (or to the end of the run); None if it never does."""
+    of deliveries (or to the end of the run); None if it never does. With ``due`` (when each
+    batch was due), a batch over the limit counts when it was *due* within the hold, even if
+    delivered after it: a stall delivers nothing for a while, which must not pass for a hold
+    without a late batch."""
     over = [j for j in range(first, len(latency)) if latency[j] > limit]
+    when = due if due is not None else done_at
     o = 0
     for i in range(first, len(latency)):
         while o < len(over) and over[o] < i:
             o += 1
-        if o == len(over) or done_at[over[o]] > done_at[i] + hold:
+        if o == len(over) or when[over[o]] > done_at[i] + hold:  # both grow with the index
             return i
     return None
 
@@ -300,7 +309,8 @@ def summarize(trace: Trace) -> dict[str, Any]:
     before = lat[skip : k + 1]
     normal = statistics.median(before)
     limit = 2 * normal
-    r = recovered_index(rolling_median(lat, SMOOTH), done, k + 1, limit, HOLD_S)
+    due = [d - x for d, x in zip(done, lat, strict=True)]
+    r = recovered_index(rolling_median(lat, SMOOTH), done, k + 1, limit, HOLD_S, due)
     detected = trace.detected_time
     # The failure's own span: from the kill to the end of the hold that confirmed recovery
     # (later spikes are the shared machine's, and show in the p99 after).

@@ -1,6 +1,8 @@
 """``bench.py scaling``: how the driver's cost grows with the number of workers and with G.
 
     python scripts/bench.py scaling [--repeats 3] [--quick] [--json]
+    python scripts/bench.py scaling --simulated 16,128,512,1024   (adrizzle_bench.scaling_sim)
+    python scripts/bench.py scaling --hosts 4 --rtt-ms 0,0.5,2     (adrizzle_bench.scaling_hosts)
 
 For 1, 2, 4 and 8 local workers (1 core each; 2 partitions of 1000 ints per worker, cached) and
 group sizes from 1 to 1000, 1000 single-stage micro-batches per run: ms per micro-batch, driver
@@ -55,6 +57,19 @@ async def scaling_once(
 
 
 async def bench_scaling(args: argparse.Namespace) -> dict[str, Any]:
+    """Real local workers; with ``--simulated`` or ``--hosts`` the other two modes."""
+    if getattr(args, "simulated", None):
+        from adrizzle_bench.scaling_sim import bench_scaling_simulated
+
+        return await bench_scaling_simulated(args)
+    if getattr(args, "hosts", None):
+        from adrizzle_bench.scaling_hosts import bench_scaling_hosts
+
+        return await bench_scaling_hosts(args)
+    return await bench_scaling_local(args)
+
+
+async def bench_scaling_local(args: argparse.Namespace) -> dict[str, Any]:
     quick = bool(getattr(args, "quick", False))
     sizes = SIZES_QUICK if quick else SIZES_FULL
     repeats = 1 if quick else args.repeats

@@ -100,6 +100,20 @@ def test_recovered_index_needs_the_whole_hold_window() -> None:
     assert br.recovered_index([5.0] * 5, done[:5], 0, 2.0, hold=0.5) is None
 
 
+def test_a_stall_is_not_a_hold_without_late_batches() -> None:
+    # Batch 3 arrives on time, then nothing for 1.5 s: batches 4.. (due every 0.1 s) come late.
+    due = [i * 0.1 for i in range(40)]
+    done = [d + 0.005 for d in due[:4]] + [max(1.9, d + 0.005) for d in due[4:]]
+    latency = [d - u for d, u in zip(done, due, strict=True)]
+    # Judged by deliveries alone, the empty second after batch 3 looks like a quiet hold ...
+    assert br.recovered_index(latency, done, 3, 0.01, hold=1.0) == 3
+    # ... judged by when batches were due, recovery waits for the first on-time batch.
+    back = br.recovered_index(latency, done, 3, 0.01, hold=1.0, due=due)
+    assert back is not None
+    assert latency[back] <= 0.01
+    assert done[back] > 1.9
+
+
 def test_the_recorder_flags_a_batch_out_of_order_or_twice() -> None:
     engine = SimpleNamespace(workers=[{"id": "local-0", "pid": None}, {"id": "local-1"}])
     trace = br.Trace("YSB", 1, 4, INTERVAL, kill_batch=None)
