@@ -248,14 +248,10 @@ class RunScheduler:
             detail = f"{len(event.jobs)} jobs but {len(event.values)} value lists"
             self._fail(self._unreadable(event, detail), out)
             return
-        outcomes = []
-        completed = False
         try:
-            for job, values, failed in zip(event.jobs, event.values, event.failed, strict=True):
-                outcomes += self.jobs.record(
-                    event.worker, job, event.parts, values, failed, state.launched_at
-                )
-                completed = completed or not self.jobs.is_open(job)
+            outcomes, completed = self.jobs.record_frame(
+                event.worker, event.jobs, event.parts, event.values, event.failed, state.launched_at
+            )
         except ValueError as exc:
             self._fail(self._unreadable(event, str(exc)), out)
             return

@@ -120,7 +120,7 @@ class SharedVariables:
     def settle(self, values: list[Any], apply: bool = True) -> list[Any]:
         """A delivered job's values without their accumulator updates, which are applied
         (``apply``) or dropped (a replayed batch delivered before)."""
-        if not any(type(v) is WithUpdates for v in values):
+        if WithUpdates not in map(type, values):  # the common case, at C speed
             return values
         out = []
         for v in values:

@@ -1,0 +1,47 @@
+"""The driver's per-job bookkeeping (adrizzle.driver.jobs.JobLedger), by plain calls."""
+
+from __future__ import annotations
+
+import pytest
+
+from adrizzle.driver.jobs import JobLedger
+from adrizzle.plan.failure import TaskFailure
+
+
+def test_a_frame_of_several_jobs_delivers_them_in_job_order_once_all_slots_answered() -> None:
+    ledger = JobLedger(n_jobs=3, partitions=4)
+    ledger.open(range(0, 3))
+    # Slot A holds partitions 0 and 2 of every job; slot B holds 1 and 3.
+    out, completed = ledger.record_frame(
+        "a", [0, 1, 2], [0, 2], [[0, 2], [10, 12], [20, 22]], [0] * 3
+    )
+    assert (out, completed) == ([], False)
+    out, completed = ledger.record_frame("b", [1, 2], [1, 3], [[11, 13], [21, 23]], [0, 0])
+    assert out == []  # job 1 is complete but job 0 is not: delivery is in job order
+    assert completed
+    out, completed = ledger.record_frame("b", [0], [1, 3], [[1, 3]], [0])
+    assert [(o.index, o.values) for o in out] == [
+        (0, [0, 1, 2, 3]),
+        (1, [10, 11, 12, 13]),
+        (2, [20, 21, 22, 23]),
+    ]
+    # A late duplicate of a finished job is ignored, and counts as complete.
+    assert ledger.record_frame("a", [1], [0, 2], [[99, 99]], [0]) == ([], True)
+
+
+def test_the_lowest_failed_partition_is_reported_whichever_slot_answers_first() -> None:
+    ledger = JobLedger(n_jobs=1, partitions=4)
+    ledger.open(range(1))
+    boom = TaskFailure("ValueError", "bad 3", "")
+    ledger.record_frame("b", [0], [1, 3], [[1, boom]], [1])
+    out, _ = ledger.record_frame("a", [0], [0, 2], [[0, TaskFailure("KeyError", "bad 2", "")]], [1])
+    assert out[0].values is None
+    assert out[0].error is not None
+    assert (out[0].error.partition, out[0].error.worker) == (2, "a")
+
+
+def test_a_frame_whose_values_do_not_match_its_partitions_is_refused() -> None:
+    ledger = JobLedger(n_jobs=1, partitions=2)
+    ledger.open(range(1))
+    with pytest.raises(ValueError, match="job 0: 2 partitions but 1 values"):
+        ledger.record_frame("a", [0], [0, 1], [[5]], [0])
