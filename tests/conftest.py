@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import subprocess
 import sys
@@ -59,6 +60,35 @@ def wait_gone(pids: set[int], timeout: float = 10.0) -> set[int]:
         if alive:
             time.sleep(0.05)
     return alive
+
+
+# pytest-timeout's signal method raises inside whatever runs when SIGALRM lands; in an event
+# loop callback asyncio hands that exception to the loop's exception handler and the test hangs
+# on (a CI run once sat in one test for the rest of its 90 minutes). A second, independent
+# watchdog: faulthandler's C thread writes every thread's stack to WATCHDOG_LOG and exits the
+# process when a test item (setup, call and teardown) outlives its timeout by a margin.
+# scripts/test prints that file when pytest fails. One hung test then costs minutes and says
+# where it hung, instead of the whole CI budget. (The stacks go to a file because pytest's
+# capture owns file descriptor 2 while a test runs.)
+WATCHDOG_MARGIN_S = 60.0
+WATCHDOG_LOG = ".pytest-watchdog.txt"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    marker = item.get_closest_marker("timeout")
+    limit = (
+        float(marker.args[0]) if marker and marker.args else float(item.config.getini("timeout"))
+    )
+    with open(item.config.rootpath / WATCHDOG_LOG, "w") as log:
+        log.write(f"watchdog: {item.nodeid} ran past {2 * limit + WATCHDOG_MARGIN_S:g} s\n")
+        log.flush()
+        faulthandler.dump_traceback_later(2 * limit + WATCHDOG_MARGIN_S, exit=True, file=log)
+        try:
+            yield
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+    os.unlink(item.config.rootpath / WATCHDOG_LOG)
 
 
 @pytest.fixture(autouse=True)

@@ -238,6 +238,15 @@ class SimCluster:
                     total[key] = total.get(key, 0) + value
         return total
 
+    async def wait_exit(self, index: int, timeout: float) -> int:
+        """Wait until simulating process ``index`` exits by itself; its exit code.
+
+        Wait through this (the event loop's child watcher) and never reap the process some
+        other way (``psutil.Process.wait``, ``os.waitpid``): under uvloop a child reaped behind
+        the loop's back is never reported as exited, so a later ``stop`` would wait forever.
+        """
+        return await asyncio.wait_for(self._procs[index].proc.wait(), timeout)
+
     async def stop(self, timeout: float = 10.0) -> dict[str, int]:
         """Stop every process (asked, then killed after ``timeout`` s) and reap it; the last
         counters, summed."""
@@ -250,7 +259,13 @@ class SimCluster:
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     p.proc.kill()
-                await p.proc.wait()
+                try:
+                    await asyncio.wait_for(p.proc.wait(), timeout)
+                except TimeoutError:
+                    raise SimStartError(
+                        f"simulated workers (pid {p.proc.pid}) not reaped {timeout:g} s after "
+                        "SIGKILL (reaped behind the event loop's back?)"
+                    ) from None
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(p.reader, 5)
             if p.proc.stdin is not None:

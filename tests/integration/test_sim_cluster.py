@@ -120,14 +120,14 @@ async def test_simulated_workers_send_heartbeats_and_leave_a_silent_driver() -> 
             heartbeat_timeout=0.6,
         )
         async with cluster:
-            pid = cluster.pids[0]
             beats = 0
             while beats < 8:  # at least two rounds from the 4 workers
                 msg, _payload = await driver.next(timeout=5)
                 beats += isinstance(msg, Heartbeat)
             # Silent for longer than the timeout, every worker leaves; the process then exits.
-            process = psutil.Process(pid)
-            await asyncio.get_running_loop().run_in_executor(None, process.wait, 10)
+            # (Through the cluster's own handle: psutil.Process.wait would reap the child behind
+            # uvloop's back, and the loop would then never see it exit.)
+            await cluster.wait_exit(0, timeout=10)
             final = await cluster.stop()
         assert final["silent_exits"] == 4
         assert final["heartbeats"] >= 8
