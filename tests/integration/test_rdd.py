@@ -342,8 +342,14 @@ async def test_operators_survive_a_worker_sigkill(seed: int, pre_schedule: bool)
         run = asyncio.ensure_future(
             engine.run_jobs(jobs, list, group_size=rng.choice([4, 10]), pre_schedule=pre_schedule)
         )
-        await asyncio.sleep(rng.uniform(0.05, 0.3))
-        assert not run.done()  # the loss comes mid-run
+        # The loss comes mid-run: after a random number of micro-batches, not after a random
+        # time (a fast run can finish inside any fixed sleep).
+        done_before = engine.statistics()["micro_batches_completed"]
+        kill_after = rng.randrange(1, n // 4)
+        while engine.statistics()["micro_batches_completed"] - done_before < kill_after:
+            assert not run.done()
+            await asyncio.sleep(0.0005)
+        assert not run.done()
         os.kill(engine.workers[rng.randrange(3)]["pid"], signal.SIGKILL)
         results = await asyncio.wait_for(run, 90)
         right = lists_by_key([(k, -k) for k in range(0, 13, 3)])
