@@ -31,6 +31,7 @@ from adrizzle.plan.program import (
     STATEFUL,
     WITH_INDEX,
     Action,
+    FunctionSource,
     JobProgram,
     ShippedSource,
     Source,
@@ -420,6 +421,19 @@ def parallelize(session: DriverSession, data: Iterable[T], partitions: int) -> D
     session.add_source(source.node_id, split_evenly(data, partitions))
     dataset: Dataset[T] = Dataset(session, partitions=partitions, source=source)
     session.release_with(dataset, source.node_id)
+    return dataset
+
+
+def generate(
+    session: DriverSession, func: Callable[[int], Iterable[T]], partitions: int
+) -> Dataset[T]:
+    """A dataset whose partition ``p`` is ``func(p)``, computed on the slot (no shipping)."""
+    if not callable(func):
+        raise TypeError("generate() needs a callable func(partition) -> iterable")
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    source = FunctionSource(session.new_node_id(), func)
+    dataset: Dataset[T] = Dataset(session, partitions=partitions, source=source)
     return dataset
 
 

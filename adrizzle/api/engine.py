@@ -11,23 +11,20 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from adrizzle.api.dataset import Dataset, job_programs, parallelize
+from adrizzle.api.dataset import Dataset, generate, job_programs, parallelize
+from adrizzle.api.engine_streams import EngineStreams
 from adrizzle.api.running import JobResult, results_of
 from adrizzle.driver.config import EngineConfig
 from adrizzle.driver.session import DriverSession
 from adrizzle.errors import AdrizzleError, TaskError
-from adrizzle.plan.program import FunctionSource
 from adrizzle.version import __version__
 from adrizzle.wire import auth
 
 if TYPE_CHECKING:
-    import os
-    from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+    from collections.abc import AsyncIterator, Iterable, Sequence
 
-    from adrizzle.api.stream import Stream
-    from adrizzle.connectors.base import Source
     from adrizzle.driver.adaptive import GroupSize
     from adrizzle.plan.shared import Accumulator, Broadcast
     from adrizzle.status.server import StatusServer
@@ -36,7 +33,7 @@ Func = Callable[[Any], Any]
 T = TypeVar("T")
 
 
-class Engine:
+class Engine(EngineStreams):
     """A driver. ``Engine.local(...)`` for an embedded cluster; ``Engine(listen=...)`` to serve.
 
     Settings: ``Engine(config=EngineConfig(...))`` or any ``EngineConfig`` field as a keyword
@@ -63,7 +60,7 @@ class Engine:
         #: The driver's state and internal API (used by Dataset and Stream; not user API).
         self.session = DriverSession(self.config)
         self._status: StatusServer | None = None
-        self._streams_made = itertools.count()  # names each stream's checkpoint subdirectory
+        self.streams_made = itertools.count()  # names each stream's checkpoint subdirectory
         self._started = False
         self._closed = False
 
@@ -151,7 +148,7 @@ class Engine:
         """Wait until ``n`` workers are connected (``NoWorkersError`` after ``timeout`` s)."""
         await self.session.wait_for_workers(n, timeout)
 
-    # -- datasets and streams --------------------------------------------------------------
+    # -- datasets (streams: EngineStreams) ------------------------------------------------
 
     def parallelize(self, data: Iterable[T], partitions: int | None = None) -> Dataset[T]:
         """A dataset of ``data`` split into contiguous partitions, held by the driver and
@@ -160,128 +157,7 @@ class Engine:
 
     def generate(self, func: Callable[[int], Iterable[T]], partitions: int) -> Dataset[T]:
         """A dataset whose partition ``p`` is ``func(p)``, computed on the slot (no shipping)."""
-        if not callable(func):
-            raise TypeError("generate() needs a callable func(partition) -> iterable")
-        if partitions < 1:
-            raise ValueError(f"partitions must be >= 1, got {partitions}")
-        source = FunctionSource(self.session.new_node_id(), func)
-        dataset: Dataset[T] = Dataset(self.session, partitions=partitions, source=source)
-        return dataset
-
-    @overload
-    def stream(
-        self,
-        source: Callable[[int, int], Iterable[T]],
-        partitions: int | None = None,
-        *,
-        batch_interval: float | None = None,
-        start: float | None = None,
-        batches: int | None = None,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-        name: str | None = None,
-    ) -> Stream[T]: ...
-
-    @overload
-    def stream(
-        self,
-        source: Source,
-        partitions: int | None = None,
-        *,
-        batch_interval: float | None = None,
-        start: float | None = None,
-        batches: int | None = None,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-        name: str | None = None,
-    ) -> Stream[Any]: ...
-
-    def stream(
-        self,
-        source: Callable[[int, int], Iterable[Any]] | Source,
-        partitions: int | None = None,
-        *,
-        batch_interval: float | None = None,
-        start: float | None = None,
-        batches: int | None = None,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-        name: str | None = None,
-    ) -> Stream[Any]:
-        """A stream of micro-batches read on the slots.
-
-        ``source`` is a connector (``adrizzle.connectors``: Redis Streams, Kafka, files, or
-        your own ``Source``): partitions come from it, batch ``b`` of partition ``p`` reads
-        from where ``b - 1`` ended to the broker's end at read time (at most the source's
-        ``max_records_per_batch``), and the range is kept in the stream's offset log so that a
-        replay reads the same records; exactly once with a ``Sink`` (``stream.sink``), across
-        worker loss and driver restart (same ``name`` and ``checkpoint_dir``). Or ``source``
-        is a function: batch ``b``'s partition ``p`` is ``source(b, p)`` (deterministic and
-        replayable, like a log read from an offset).
-
-        ``name`` (default ``stream-N``, N: streams made before by this engine) keys the offset
-        log, checkpoints and sinks' progress: with ``Engine(checkpoint_dir=D)`` they are kept
-        under ``D/name``, so a restarted driver finds them.
-
-        With ``batch_interval`` T, batch ``b`` covers wall-clock time ``[start + bT,
-        start + (b+1)T)`` and is read once that interval is over (``start``: epoch seconds,
-        default the first run's start). ``batches``: the source's length (default unbounded).
-        State (``update_state``, windows) is checkpointed at group boundaries in driver memory,
-        or in files in ``checkpoint_dir`` (default: the engine's); after a worker loss it is
-        restored and the batches since are replayed. See ``adrizzle.api.stream``.
-        """
-        from adrizzle.api.stream import Stream
-
-        name, directory = self._stream_place(name, checkpoint_dir)
-        return Stream.from_source(
-            self.session,
-            source,
-            partitions,
-            batch_interval=batch_interval,
-            start=start,
-            batches=batches,
-            checkpoint_dir=directory,
-            name=name,
-        )
-
-    def stream_from(
-        self,
-        items: AsyncIterable[T],
-        partitions: int | None = None,
-        *,
-        batch_interval: float = 0.05,
-        max_batch: int = 100_000,
-        checkpoint_dir: str | os.PathLike[str] | None = None,
-    ) -> Stream[T]:
-        """A stream of the items of an async iterator (live input): every ``batch_interval``
-        seconds (or ``max_batch`` items) what arrived becomes one micro-batch, shipped to the
-        slots split into ``partitions``. Ends when the iterator does. A stateful stream keeps
-        each batch's items on the driver until the state's checkpoint covers it (for replay
-        after a loss); ``checkpoint_dir`` as for ``stream``."""
-        from adrizzle.api.stream import Stream
-
-        name, directory = self._stream_place(None, checkpoint_dir)
-        return Stream.from_async(
-            self.session,
-            items,
-            partitions or self.session.default_partitions(),
-            batch_interval=batch_interval,
-            max_batch=max_batch,
-            checkpoint_dir=directory,
-            name=name,
-        )
-
-    def _stream_place(
-        self, name: str | None, checkpoint_dir: str | os.PathLike[str] | None
-    ) -> tuple[str, str | os.PathLike[str] | None]:
-        """A stream's name (``stream-N`` by default, N: the streams made before it) and its own
-        directory: the one given, or ``name`` under the engine's, so a driver that builds the
-        same streams again resumes each from its own."""
-        n = next(self._streams_made)
-        name = name or f"stream-{n}"
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"a stream name must be a plain file name, got {name!r}")
-        default = self.session.checkpoints.default_dir
-        if checkpoint_dir is not None or default is None:
-            return name, checkpoint_dir
-        return name, default / name
+        return generate(self.session, func, partitions)
 
     # -- shared variables ------------------------------------------------------------------
 
