@@ -47,6 +47,12 @@ class Record:
     python_blocks: dict[str, int] = dataclasses.field(default_factory=dict)
     rss_timeline: list[tuple[float, int, int]] = dataclasses.field(default_factory=list)
     workers_measured: tuple[int, int] = (0, 0)
+
+    @property
+    def warmup_s(self) -> float:
+        """The warm-up before the start measurement: a tenth of the run, at most a minute."""
+        return min(60.0, self.minutes * 6.0)
+
     load: tuple[float, float] = (0.0, 0.0)
     busy: int = 0
     pids: set[int] = dataclasses.field(default_factory=set)
@@ -90,6 +96,7 @@ def summarize(rec: Record) -> dict[str, Any]:
         "minutes": rec.minutes,
         "engines": rec.engines,
         "kill_every_s": rec.kill_every,
+        "warmup_s": rec.warmup_s,
         "engines_run": rec.engines_run,
         "runs": rec.runs,
         "stalls": rec.stall_count,
@@ -160,7 +167,9 @@ def render(s: Mapping[str, Any]) -> list[str]:
         "\"no progress\". Recoveries: the stream engine's `statistics()['recoveries']` (fresh "
         "engines lose no worker: theirs should be 0).",
         "- memory: resident set size after the warm-up "
-        f"({shape['warmup_batches']} stream batches and the first fresh engine) and at the end; "
+        f"({shape['warmup_batches']} stream batches, the first fresh engine, then "
+        f"{s.get('warmup_s', 0):g} s of the stream with one worker kill: the adaptive group size "
+        "grows and the first recovery allocates what later ones reuse) and at the end; "
         f"workers: the stream engine's ({start_n} at the start, {end_n} at the end, the latter "
         "including the ones added back), each with its slot process.",
         "",
@@ -184,7 +193,8 @@ def render(s: Mapping[str, Any]) -> list[str]:
     if s["rss_timeline"]:
         lines += [
             "",
-            "RSS across the run (seconds after the start: driver / workers MiB): "
+            "RSS across the run (seconds after the start, negative: in the warm-up; driver / "
+            "workers MiB): "
             + "; ".join(f"{t:g}: {d:.1f} / {w:.1f}" for t, d, w in s["rss_timeline"]),
         ]
     blocks = s["driver_python_blocks"]

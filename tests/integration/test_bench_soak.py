@@ -74,9 +74,10 @@ def test_a_short_soak_is_exact_without_stalls_and_leaves_nothing_running(
         assert rss["ok"] == (rss["growth_percent"] < 10)
     assert s["workers_measured"] == [3, 3]  # every killed worker was replaced
     times = [t for t, _driver, _workers in s["rss_timeline"]]
-    assert len(times) == 11  # start, 9 samples across the run, end
+    assert len(times) == 12  # before the warm-up's kill, start, 9 samples across the run, end
     assert times == sorted(times)
-    assert times[0] == 0
+    assert times[0] == pytest.approx(-s["warmup_s"], abs=0.1)
+    assert times[1] == 0
     assert proc.returncode == (0 if s["passed"] else 1), err[-2000:]
 
     md = (tmp_path / "soak.md").read_text()
