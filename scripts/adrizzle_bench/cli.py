@@ -114,6 +114,17 @@ def make_parser() -> argparse.ArgumentParser:
         help="simulated workers instead of local ones, at these counts (e.g. 16,128,512,1024)",
     )
     scale.add_argument(
+        "--scaling-workers",
+        type=_ints,
+        metavar="N,N,...",
+        help="local workers at these counts (default 1,2,4,8; e.g. 1,32)",
+    )
+    scale.add_argument(
+        "--scaling-records",
+        type=int,
+        help="local workers: ints per partition (default 1000; issue 18's table used 100)",
+    )
+    scale.add_argument(
         "--task-cost-us", type=float, help="--simulated: each task's cost, µs (default 0)"
     )
     scale.add_argument(

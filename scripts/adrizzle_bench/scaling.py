@@ -75,13 +75,14 @@ async def bench_scaling_local(args: argparse.Namespace) -> dict[str, Any]:
     repeats = 1 if quick else args.repeats
     batches = int(getattr(args, "scaling_batches", None) or BATCHES)
     workers_list = tuple(getattr(args, "scaling_workers", None) or WORKERS)
+    records = int(getattr(args, "scaling_records", None) or RECORDS)
     results_dir = harness.results_dir(args)
     table: list[dict[str, float]] = []
     for workers in workers_list:
         partitions = 2 * workers
         runs: dict[int, list[dict[str, float]]] = {g: [] for g in sizes}
         async with adrizzle.Engine.local(workers=workers, cores=1) as engine:
-            data = engine.parallelize(range(partitions * RECORDS), partitions).cache()
+            data = engine.parallelize(range(partitions * records), partitions).cache()
             await engine.run_jobs([data] * 20, sum, group_size=10)  # warm-up
             for _ in range(repeats):
                 for g in sizes:  # interleaved, so drift hits every size alike
@@ -92,7 +93,7 @@ async def bench_scaling_local(args: argparse.Namespace) -> dict[str, Any]:
 
     lines = [
         f"### scaling: {batches} single-stage micro-batches per run, 2 partitions x "
-        f"{RECORDS} ints per worker, workers of 1 core, median of {repeats}",
+        f"{records} ints per worker, workers of 1 core, median of {repeats}",
         "",
         "| workers | tasks / batch | group size | ms / micro-batch | driver CPU µs / task "
         "| driver CPU µs / group | frames / group |",
