@@ -49,16 +49,22 @@ from typing import Any
 
 ORDER = (
     "peers",
+    "hot-path",
     "single-stage",
+    "single-stage-py311",
     "shuffle",
+    "shuffle-py311",
     "streaming",
     "streaming-10ms",
     "recovery",
     "scaling",
+    "scaling-real-32",
     "scaling-simulated",
     "scaling-hosts",
     "checkpoint-cost",
+    "connectors",
     "soak",
+    "redesign-ab",
 )
 LOCAL_PACKAGES = ("adrizzle", "uvloop", "cloudpickle", "matplotlib")
 PLOTS_SKIPPED = "(plots skipped: matplotlib is not installed; it comes with the bench extra)"
