@@ -60,6 +60,7 @@ ORDER = (
     "scaling",
     "scaling-real-32",
     "scaling-simulated",
+    "scaling-simulated-128",
     "scaling-hosts",
     "checkpoint-cost",
     "connectors",
