@@ -80,7 +80,7 @@ class SharedVariables:
     # -- code ----------------------------------------------------------------------------
 
     def add_files(self, name: str, archive: bytes) -> None:
-        """A zip archive every slot adds to its ``sys.path`` (see ``worker/slot_shared``)."""
+        """A zip archive every slot imports from (see ``worker/slot_shared``)."""
         fid = self._new_id()
         self._files[fid] = (name, archive)
         msg = PutShared(kind=FILES, ids=[fid], lens=[len(archive)], names=[name])

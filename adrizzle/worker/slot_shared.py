@@ -2,24 +2,32 @@
 
 Broadcast values are filed in ``adrizzle.plan.shared`` (unpickled on first use). User code
 arrives as zip archives (a module, a package, or the user's own zip, made on the driver by
-``adrizzle.driver.code``): each is written to this slot's private temporary directory and put
-at the front of the slot process's ``sys.path``, so functions pickled by reference to the
-user's modules import here as they do on the driver. (That is the purpose of this ``sys.path``
-edit: it is the user's code being made importable in the process that runs it, not this
-project's own modules importing each other.)
+``adrizzle.driver.code``): each is written to this slot's private temporary directory and
+registered with ``ShippedCode``, an import finder placed just before the standard path finder,
+so functions pickled by reference to the user's modules import here as they do on the driver
+(modules of an archive shipped later win over earlier ones, and over installed packages, as the
+user's own code does on the driver). ``sys.path`` is left alone.
 """
 
 from __future__ import annotations
 
 import atexit
 import importlib
+import importlib.abc
+import importlib.machinery
 import os
 import shutil
 import sys
 import tempfile
+import zipimport
+from typing import TYPE_CHECKING
 
 from adrizzle.plan.shared import drop_broadcast, put_broadcast
 from adrizzle.wire.messages import DropShared, PutShared
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import ModuleType
 
 _code_dir: str | None = None
 
@@ -33,6 +41,51 @@ def code_dir() -> str:
     return _code_dir
 
 
+class ShippedCode(importlib.abc.MetaPathFinder):
+    """Finds top-level modules and packages in the shipped archives, newest first.
+
+    A package's submodules are then found through its ``__path__`` (inside the archive) by the
+    standard path finder, whose ``zipimport`` hook reads archives.
+    """
+
+    def __init__(self) -> None:
+        self.archives: list[zipimport.zipimporter] = []
+
+    def add(self, path: str) -> None:
+        if all(z.archive != path for z in self.archives):
+            self.archives.insert(0, zipimport.zipimporter(path))
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None = None,
+        target: ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
+        if path is not None:  # a submodule: its package's __path__ says where
+            return None
+        for archive in self.archives:
+            spec = archive.find_spec(fullname)
+            if spec is not None:
+                return spec
+        return None
+
+
+_finder: ShippedCode | None = None
+
+
+def shipped_code() -> ShippedCode:
+    """This slot's finder, installed on first use just before the standard path finder."""
+    global _finder
+    if _finder is None:
+        _finder = ShippedCode()
+        at = next(
+            (i for i, f in enumerate(sys.meta_path) if f is importlib.machinery.PathFinder),
+            len(sys.meta_path),
+        )
+        sys.meta_path.insert(at, _finder)
+    return _finder
+
+
 def put_files(msg: PutShared, payload: bytes | memoryview) -> None:
     offset = 0
     for fid, n, name in zip(msg.ids, msg.lens, msg.names or [""] * len(msg.ids), strict=True):
@@ -41,8 +94,7 @@ def put_files(msg: PutShared, payload: bytes | memoryview) -> None:
         with open(path, "wb") as f:
             f.write(payload[offset : offset + n])
         offset += n
-        if path not in sys.path:
-            sys.path.insert(0, path)
+        shipped_code().add(path)
     importlib.invalidate_caches()
 
 

@@ -22,9 +22,16 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 PROGRAM = """
-import asyncio, json, os, sys
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "extra.zip"))  # the user's zip
-import adrizzle, helpers, shapes.area, zipped
+import asyncio, importlib.util, json, os, sys, zipimport
+
+def import_from_zip(archive, name):  # the user's own zip, imported on the driver
+    spec = zipimport.zipimporter(archive).find_spec(name)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+import adrizzle, helpers, shapes.area
+zipped = import_from_zip(os.path.join(os.path.dirname(__file__), "extra.zip"), "zipped")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
