@@ -188,9 +188,22 @@ class KafkaReader:
         self._eof = None
 
     def _pull(self, timeout: float) -> None:
-        """Move the events the consumer has (waiting up to ``timeout`` s) to ``_pending``."""
+        """Move the events the consumer has to ``_pending``; when it has none, wait up to
+        ``timeout`` s for the first one (and take what arrived with it).
+
+        Not ``consume(n, timeout)`` alone: librdkafka returns from it only when ``n`` events
+        are there or the timeout has passed, so every read that was not yet at the partition's
+        end waited the whole slice (measured: 6 events ready, 50.3 ms for a 50 ms slice; the
+        connectors benchmark's Kafka p50 event-to-commit was 63-70 ms). ``poll`` returns at the
+        first event.
+        """
+        client = self._client()
         try:
-            events = self._client().consume(CONSUME_CHUNK, timeout=timeout)
+            events = client.consume(CONSUME_CHUNK, timeout=0)
+            if not events and timeout > 0:
+                first = client.poll(timeout)
+                if first is not None:
+                    events = [first, *client.consume(CONSUME_CHUNK, timeout=0)]
         except KafkaException as exc:
             raise self._error(describe(exc)) from exc
         for m in events:
