@@ -52,6 +52,7 @@ from adrizzle.wire.messages import (
     SinkFailed,
     SlotDone,
     StateCheckpoint,
+    check_launch,
     check_map_outputs,
 )
 from adrizzle.worker.peers import PeerLinks
@@ -346,15 +347,7 @@ class WorkerRuntime:
 
     def _launch(self, msg: LaunchGroup, payload: bytes) -> None:
         n = len(msg.slot_ids)
-        state = msg.slot_state or [0] * n
-        if len(msg.slot_data) != n or len(state) != n:
-            raise RemoteProtocolError("launch_group: slot lists differ in length")
-        if len(msg.placement_workers) != len(msg.placement_slots):
-            raise RemoteProtocolError("launch_group: placement lists differ in length")
-        if msg.program_len + sum(msg.slot_data) + sum(state) != len(payload):
-            raise RemoteProtocolError("launch_group: payload length does not match its parts")
-        if any(not 0 <= s < len(self.pool.slots) for s in msg.slot_ids):
-            raise RemoteProtocolError(f"launch_group: slot ids {msg.slot_ids} out of range")
+        state = check_launch(msg, len(payload), len(self.pool.slots))
         self._groups[msg.group] = _GroupTally(n)
         view = memoryview(payload)
         program = view[: msg.program_len]

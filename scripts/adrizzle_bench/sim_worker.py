@@ -27,7 +27,6 @@ import pickle
 import time
 from typing import TYPE_CHECKING, Any
 
-from adrizzle.errors import RemoteProtocolError
 from adrizzle.wire import auth
 from adrizzle.wire.channel import Channel
 from adrizzle.wire.connection import Connection
@@ -44,6 +43,7 @@ from adrizzle.wire.messages import (
     Message,
     OffsetsLogged,
     Shutdown,
+    check_launch,
 )
 from adrizzle_bench.sim_plans import sim_value
 
@@ -372,15 +372,7 @@ class SimWorker:
 
     def _launch(self, msg: LaunchGroup, payload: bytes) -> None:
         n = len(msg.slot_ids)
-        state = msg.slot_state or [0] * n
-        if len(msg.slot_data) != n or len(state) != n:
-            raise RemoteProtocolError("launch_group: slot lists differ in length")
-        if len(msg.placement_workers) != len(msg.placement_slots):
-            raise RemoteProtocolError("launch_group: placement lists differ in length")
-        if msg.program_len + sum(msg.slot_data) + sum(state) != len(payload):
-            raise RemoteProtocolError("launch_group: payload length does not match its parts")
-        if any(not 0 <= s < len(self.slots) for s in msg.slot_ids):
-            raise RemoteProtocolError(f"launch_group: slot ids {msg.slot_ids} out of range")
+        check_launch(msg, len(payload), len(self.slots))
         self.counters.launches += 1
         blob = payload[: msg.program_len]  # source blocks and state after it are not kept
         placement = self.plans.placement(msg)
