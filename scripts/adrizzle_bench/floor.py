@@ -49,6 +49,23 @@ def _worker(port: int, parts: list[int], records: int) -> None:
         sock.close()
 
 
+def _shut(
+    server: asyncio.Server,
+    writers: list[asyncio.StreamWriter],
+    procs: list[multiprocessing.process.BaseProcess],
+) -> None:
+    """Close the driver's connections and server; reap the worker processes (killed after
+    5 s)."""
+    for wr in writers:
+        wr.close()
+    server.close()
+    for p in procs:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 async def _drive(
     batches: int, group_size: int, partitions: int, records: int, workers: int
 ) -> float:
@@ -92,14 +109,7 @@ async def _drive(
             wr.write(HEADER.pack(len(msg)) + msg)
         return elapsed / batches * 1e3
     finally:
-        for _rd, wr in conns:
-            wr.close()
-        server.close()
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        _shut(server, [wr for _rd, wr in conns], procs)
 
 
 async def floor_ms_per_batch_async(
@@ -256,15 +266,7 @@ async def _drive_shuffle(
             send(wr, 0)
         return elapsed / batches * 1e3
     finally:
-        for conn in conns:
-            if conn is not None:
-                conn[1].close()
-        server.close()
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        _shut(server, [conn[1] for conn in conns if conn is not None], procs)
 
 
 async def shuffle_floor_ms_per_batch_async(
