@@ -302,6 +302,10 @@ class StageProgram:
         shuffle read; ``states``: the slot's state store, for stateful steps; ``io``: the slot's
         connector readers, for connector sources)."""
         read = self.input
+        if not self.steps:  # the stage's output is its input (the common single-stage case)
+            if isinstance(read, ShuffleRead):
+                return read.open(partition, store, inputs, job, io)
+            return read.read(partition, store, job, io)
 
         def first() -> Iterator[Any]:
             if isinstance(read, ShuffleRead):

@@ -98,6 +98,8 @@ class Carrying:
 
 def with_updates(value: Any) -> Any:
     """A result task's value, wrapped when its task has updates to deliver."""
+    if len(_updates) == 1 and not _updates[0]:
+        return value  # the common case: a task without accumulators (no call, no list)
     updates = take_updates()
     return WithUpdates(value, updates) if updates else value
 

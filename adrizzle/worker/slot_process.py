@@ -25,6 +25,7 @@ from adrizzle.errors import SinkError
 from adrizzle.plan import shared
 from adrizzle.plan.failure import TaskFailure
 from adrizzle.plan.offsets import SourceIO
+from adrizzle.plan.program import ShuffleRead
 from adrizzle.plan.serialize import dumps
 from adrizzle.plan.state import StateStore, restore_states
 from adrizzle.wire.framing import FrameDecoder, FrameLimits, encode_frame
@@ -177,9 +178,11 @@ class SlotProcess:
         unpicklable_before = self.sender.unpicklable
         stuck_since: float | None = None
         waited = 0.0  # time spent waiting for stream data to be due: not busy
-        while queue:
+        while True:
             task = queue.pop(time.time())
             if task is None:
+                if not queue:
+                    break  # every task ran
                 # Out of ready work: what waits goes now (map outputs others need, results).
                 self.sender.flush()
                 wait = queue.due_in(time.time())
@@ -342,7 +345,8 @@ class SlotProcess:
     ) -> Any:
         shared.begin_task()  # accumulator updates travel with the value (plan/shared.py)
         try:
-            inputs = self.inputs(group, job, stage, p)
+            shuffled = isinstance(stage.input, ShuffleRead)  # else nothing to wait for
+            inputs = self.inputs(group, job, stage, p) if shuffled else None
             it = stage.compute(p, self.store, inputs, self.states, job, self.io)
             value = program.action(it)
             sink = program.sink

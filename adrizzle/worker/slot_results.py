@@ -119,7 +119,7 @@ class ResultSender:
         is woken only when parked: it stays awake, ticking at the linger time, while
         arming keeps coming, and parks after a tick with nothing to time. A batch the slot
         flushes as soon as it runs out of work (every batch at G=1) never needs it."""
-        if self._empty():
+        if not (self._jobs or self._positions or self._pushes):  # _empty(), inlined: per task
             return
         self._armed = True  # a plain store: an awake clock sees it at its next tick
         if not self._ticking:

@@ -47,6 +47,9 @@ def tasks_for(run: RunTasks, programs: Sequence[JobProgram]) -> SlotTasks:
         for i, ref in enumerate(zip(run.placement_workers, run.placement_slots, strict=True))
         if ref == me
     ]
+    # A stage's partitions on this slot depend only on its partition count: the jobs of a
+    # group share their stage structure, so this is computed once per stage, not per job.
+    parts_of: dict[int, list[int]] = {}
     pending: list[Task] = []
     result_parts: list[int] = []
     result_jobs: list[int] = []
@@ -54,7 +57,11 @@ def tasks_for(run: RunTasks, programs: Sequence[JobProgram]) -> SlotTasks:
         program = programs[job - run.first_job]
         for stage_index in run.stages:
             stage = program.stages[stage_index]
-            parts = sorted(p for i in mine for p in range(i, stage.partitions, n))
+            parts = parts_of.get(stage.partitions)
+            if parts is None:
+                parts = parts_of[stage.partitions] = sorted(
+                    p for i in mine for p in range(i, stage.partitions, n)
+                )
             pending += [(job, stage_index, p) for p in parts]
             if stage.output is None and parts:
                 result_jobs.append(job)
@@ -82,9 +89,17 @@ class TaskQueue:
         self._missing: dict[int, int] = {}  # task -> shuffle inputs still incomplete
         self._waiting: dict[tuple[int, int, int, int], tuple[int, int]] = {}  # key -> (task, maps)
         self._ready: list[int] = []  # heap of tasks whose inputs are all in
+        # A job's stage has one input and one due time for all its partitions: looked up once
+        # per (job, stage), not per task.
+        last: tuple[int, int] | None = None
+        read: Any = None
+        due: float | None = None
         for i, (job, stage_index, p) in enumerate(self.tasks):
-            read = programs[job - run.first_job].stages[stage_index].input
-            self._due.append(read.ready_at(job))
+            if (job, stage_index) != last:
+                last = (job, stage_index)
+                read = programs[job - run.first_job].stages[stage_index].input
+                due = read.ready_at(job)
+            self._due.append(due)
             missing = 0
             if isinstance(read, ShuffleRead):
                 for shuffle, maps in read.shuffles:
@@ -123,7 +138,8 @@ class TaskQueue:
             return None
         due = self._due[ready[0]]
         if due is None or due <= now:
-            return self._take(heapq.heappop(ready))
+            self._left -= 1  # _take, inlined: this is the per-task path
+            return self.tasks[heapq.heappop(ready)]
         # The first waits for its data to be due (a paced stream): a later one may not.
         due_now = [i for i in ready if (d := self._due[i]) is None or d <= now]
         if not due_now:
