@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from adrizzle.api.dataset import Dataset, generate, job_programs, parallelize
 from adrizzle.api.engine_streams import EngineStreams
-from adrizzle.api.running import JobResult, results_of
+from adrizzle.api.running import JobResult, collect, results_of
 from adrizzle.driver.config import EngineConfig
 from adrizzle.driver.session import DriverSession
-from adrizzle.errors import AdrizzleError, TaskError
+from adrizzle.errors import AdrizzleError
 from adrizzle.version import __version__
 from adrizzle.wire import auth
 
@@ -117,6 +117,10 @@ class Engine(EngineStreams):
                 await self._status.stop()
         finally:
             await self.session.close()
+
+    def _check_running(self) -> None:
+        if not self._started or self._closed:
+            raise AdrizzleError("the engine is not running: use 'async with' or await start()")
 
     async def __aenter__(self) -> Engine:
         return await self.start()
@@ -231,17 +235,10 @@ class Engine(EngineStreams):
         shuffles are pre-scheduled: reducers are placed with the map tasks and map outputs are
         pushed to them; ``pre_schedule=False`` runs them Spark's way (BSP).
         """
-        results: list[Any] = []
-        first_error: TaskError | None = None
-        async for job in self.iter_jobs(
-            datasets, funcs, group_size, pre_schedule=pre_schedule, return_exceptions=True,
-            timeout=timeout,
-        ):  # fmt: skip
-            if job.error is not None:
-                first_error = first_error or job.error
-                results.append(job.error)
-            else:
-                results.append(job.values)
+        programs = job_programs(self.session, datasets, funcs)
+        self._check_running()
+        run = await self.session.start_run(programs, group_size, pre_schedule)
+        results, first_error = await collect(self.session, run, timeout)
         if first_error is not None and not return_exceptions:
             raise first_error
         return results
@@ -259,8 +256,7 @@ class Engine(EngineStreams):
         """Like ``run_jobs`` but yields ``JobResult(index, values)`` as each micro-batch
         completes, in job order, without waiting for the rest of its group."""
         programs = job_programs(self.session, datasets, funcs)
-        if not self._started or self._closed:
-            raise AdrizzleError("the engine is not running: use 'async with' or await start()")
+        self._check_running()
         run = await self.session.start_run(programs, group_size, pre_schedule)
         async for result in results_of(self.session, run, timeout, return_exceptions):
             yield result

@@ -58,6 +58,29 @@ async def results_of(
         session.finished(run)
 
 
+async def collect(
+    session: DriverSession, run: RunExecution, timeout: float | None
+) -> tuple[list[Any], TaskError | None]:
+    """A run's values per job in job order, a failed job's ``TaskError`` in its place, and the
+    first such error: ``run_jobs``' loop over the outcomes directly. (Through ``iter_jobs``
+    each micro-batch crossed three async generators: about a sixth of the driver's CPU per
+    micro-batch at G=100, cProfile.)"""
+    out: list[Any] = []
+    first_error: TaskError | None = None
+    settle = session.shared.settle
+    try:
+        async for outcome in run.outcomes(timeout):
+            if outcome.error is not None:
+                first_error = first_error or outcome.error
+                out.append(outcome.error)
+            else:
+                assert outcome.values is not None
+                out.append(settle(outcome.values))
+    finally:
+        session.finished(run)
+    return out, first_error
+
+
 async def run_one(
     session: DriverSession, program: JobProgram, timeout: float | None = None
 ) -> list[Any]:
