@@ -70,6 +70,10 @@ class WorkerHandle:
     groups_done: int = 0
     tasks_done: int = 0
     state: str = "running"
+    # Its slots' result links (docs/architecture.md, "Result links") and the frames they
+    # brought.
+    links: list[Channel] = dataclasses.field(default_factory=list)
+    link_frames: int = 0
 
     def info(self) -> dict[str, Any]:
         return {
@@ -85,6 +89,8 @@ class WorkerHandle:
             "last_heartbeat": self.last_seen,
             "groups_done": self.groups_done,
             "tasks_done": self.tasks_done,
+            "result_links": len(self.links),
+            "result_link_frames": self.link_frames,
         }
 
 
@@ -191,6 +197,9 @@ class Cluster:
         )
 
     def _authenticated(self, channel: Channel, hello: Hello) -> None:
+        if hello.role == "slot":
+            self._link(channel, hello)
+            return
         reason = None
         if hello.role != "worker":
             reason = f"expected a worker, got role {hello.role!r}"
@@ -219,20 +228,45 @@ class Cluster:
         self._changed.set()
         self._on_joined(handle)
 
+    def _link(self, channel: Channel, hello: Hello) -> None:
+        """A slot's result link: it belongs to the connected worker with that id and pid (the
+        worker asks its slots to dial only once it is registered here)."""
+        handle = self.workers.get(hello.id)
+        if handle is None or handle.pid != hello.pid:
+            reason = f"no worker {hello.id!r} with pid {hello.pid} to link slot {hello.slot} to"
+            log.warning("refused a result link from %s: %s", channel.peer_address, reason)
+            channel.conn.fail(reason)
+            channel.abort(RemoteProtocolError(reason))
+            return
+        handle.links.append(channel)
+        channel.send(Heartbeat())  # accepted: the slot waits for this before it uses the link
+
     def _dispatch(self, channel: Channel, msg: Message, payload: bytes) -> None:
-        assert channel.peer is not None
-        handle = self.workers.get(channel.peer.id)
-        if handle is None or handle.channel is not channel:
+        peer = channel.peer
+        assert peer is not None
+        handle = self.workers.get(peer.id)
+        if handle is None or (handle.channel is not channel and channel not in handle.links):
             return  # a late frame from a connection we already dropped
         handle.last_seen = time.time()
         self._silence.heard(handle.id, time.monotonic())
+        if channel is not handle.channel:
+            handle.link_frames += 1
         self._on_message(handle, msg, payload)
 
     def _closed(self, channel: Channel, exc: BaseException | None) -> None:
         peer = channel.peer
         handle = self.workers.get(peer.id) if peer is not None else None
-        if peer is None or handle is None or handle.channel is not channel:
+        if peer is None or handle is None:
             return  # never registered: the listener logged a failed handshake
+        if channel in handle.links:
+            # A slot's link closes when its slot or worker goes: the worker's control
+            # connection says which (a slot that dies takes its worker down with it).
+            handle.links.remove(channel)
+            return
+        if handle.channel is not channel:
+            return
+        for link in list(handle.links):  # its slots' results would no longer be taken
+            link.abort(ConnectionClosed("the worker's control connection closed", by_peer=False))
         del self.workers[peer.id]
         self._silence.forget(peer.id)
         handle.state = "lost"

@@ -52,7 +52,8 @@ class EngineConfig:
             the longest single task.
         no_workers_timeout: a run that lost every worker waits this long for one to join
             before failing with ``NoWorkersError``.
-        max_connections_per_address: open connections one host may have to the control port.
+        max_connections_per_address: open connections one host may have to the control port
+            (a worker opens one plus one result link per slot).
         tls_ca_file: the cluster CA (PEM); with ``tls_cert`` and ``tls_key`` every connection
             speaks mutual TLS (all three or none).
         tls_cert: the driver's certificate chain (PEM).
@@ -83,7 +84,7 @@ class EngineConfig:
     heartbeat_timeout: float = 5.0
     stall_timeout: float | None = 60.0
     no_workers_timeout: float = 30.0
-    max_connections_per_address: int = 64
+    max_connections_per_address: int = 256
     tls_ca_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 
 #: The roles a hello may claim.
-ROLES = frozenset({"driver", "worker"})
+ROLES = frozenset({"driver", "worker", "slot"})  # slot: a result link (DriverLink)
 
 
 class State(enum.Enum):

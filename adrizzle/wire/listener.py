@@ -62,6 +62,7 @@ class Listener:
         #: Refused or failed handshakes by peer host.
         self.refused: dict[str, int] = {}
         self.address = ""
+        self._closing = False
 
     async def start(self, host: str, port: int) -> str:
         """Listen on ``host:port`` (port 0: any free port); return the bound ``host:port``."""
@@ -80,6 +81,8 @@ class Listener:
     # -- Gate ----------------------------------------------------------------------------
 
     def admit(self, channel: Channel) -> str | None:
+        if self._closing:  # accepted while the port shuts down: close it, do not keep it
+            return f"the {self.name} is shutting down"
         host = channel.peer_host
         count = self._open.get(host, 0)
         if count >= self.max_per_address:
@@ -101,6 +104,8 @@ class Listener:
                 self._open[host] = left
             else:
                 self._open.pop(host, None)
+        if self._closing:
+            return  # shutting down: not a refusal worth a log line
         if channel.peer is None and exc is not None and not isinstance(exc, ConnectionClosed):
             self._refused(channel, exc)
 
@@ -123,10 +128,20 @@ class Listener:
 
     async def close(self) -> None:
         """Stop accepting and close every accepted channel."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
         for channel in list(self.channels):
             channel.close()
+        # Connections accepted just before (asyncio makes their transports in callbacks of
+        # their own) get theirs now: ``admit`` refuses them, and any left are closed here.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        for channel in list(self.channels):
+            channel.close()
+        close_clients = getattr(self._server, "close_clients", None)  # asyncio, Python 3.13+
+        if close_clients is not None:
+            close_clients()  # transports whose protocol has not been told of them yet
         if self._server is not None:
             # Bounded: a peer that stops reading must not hold up shutdown.
             try:

@@ -43,6 +43,8 @@ class Hello(Message, tag="hello", frozen=True, forbid_unknown_fields=False):
     cores: int = 0
     pid: int = 0
     data_address: str | None = None
+    # A slot's result link (role "slot"): ``id`` and ``pid`` are its worker's, this its index.
+    slot: int = -1
 
 
 class Auth(Message, tag="auth", frozen=True):
@@ -144,30 +146,6 @@ class MapOutputs(Message, tag="map_outputs", frozen=True):
     outputs: list[list[int]]
 
 
-def check_launch(msg: LaunchGroup, payload_len: int, slots: int) -> list[int]:
-    """Raise ``RemoteProtocolError`` unless a launch's lists agree, its parts add up to its
-    payload and its slot ids are below ``slots``; the per-slot state lengths (zeros if none)."""
-    n = len(msg.slot_ids)
-    state = msg.slot_state or [0] * n
-    if len(msg.slot_data) != n or len(state) != n:
-        raise RemoteProtocolError("launch_group: slot lists differ in length")
-    if len(msg.placement_workers) != len(msg.placement_slots):
-        raise RemoteProtocolError("launch_group: placement lists differ in length")
-    if msg.program_len + sum(msg.slot_data) + sum(state) != payload_len:
-        raise RemoteProtocolError("launch_group: payload length does not match its parts")
-    if any(not 0 <= s < slots for s in msg.slot_ids):
-        raise RemoteProtocolError(f"launch_group: slot ids {msg.slot_ids} out of range")
-    return state
-
-
-def check_map_outputs(msg: MapOutputs, payload_len: int) -> None:
-    """Raise ``RemoteProtocolError`` unless a bundle's lengths add up to its payload."""
-    if any(len(o) != 4 or o[3] < 0 for o in msg.outputs):
-        raise RemoteProtocolError("map_outputs.outputs must be [job, shuffle, map_part, length]")
-    if sum(o[3] for o in msg.outputs) != payload_len:
-        raise RemoteProtocolError("map_outputs: payload length does not match its outputs")
-
-
 class FetchBlocks(Message, tag="fetch_blocks", frozen=True):
     """BSP mode, reducer's worker to a map side: send me the held outputs of these shuffles of
     jobs ``first_job .. last_job - 1`` that are addressed to ``worker``."""
@@ -263,6 +241,13 @@ class SlotReady(Message, tag="slot_ready", frozen=True):
     pid: int
 
 
+class SlotNotice(Message, tag="slot_notice", frozen=True):
+    """Slot to worker: a line for the worker's log (slots have no logging of their own)."""
+
+    TAG: ClassVar[str] = "slot_notice"
+    message: str
+
+
 class RunTasks(Message, tag="run_tasks", frozen=True):
     """One slot's share of a group: the slot is ``slot`` of ``worker``; with the placement it
     derives its tasks (see ``LaunchGroup``)."""
@@ -282,6 +267,7 @@ class RunTasks(Message, tag="run_tasks", frozen=True):
     hold: int = 0
     state_len: int = 0  # the payload's last bytes: stream state to restore first
     checkpoint: int = 0
+    slots: int = 1  # how many of the worker's slots run this group
 
 
 class Draining(Message, tag="draining", frozen=True):
@@ -336,7 +322,26 @@ class StateCheckpoint(Message, tag="state_checkpoint", frozen=True):
     batches: list[int]
 
 
+class DriverLink(Message, tag="driver_link", frozen=True):
+    """Worker to its slots (private socketpair), once registered: open a result link to the
+    driver (``worker/slot_link.py``). The token travels only over the socketpair."""
+
+    TAG: ClassVar[str] = "driver_link"
+    host: str
+    port: int
+    token: str
+    worker: str
+    pid: int
+    slot: int
+    handshake_timeout_ms: int
+    tls_ca_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
 class SlotDone(Message, tag="slot_done", frozen=True):
+    """Slot to worker: its share of a group is done (one of the ``of`` slots running it)."""
+
     TAG: ClassVar[str] = "slot_done"
     group: int
     tasks: int
@@ -344,6 +349,7 @@ class SlotDone(Message, tag="slot_done", frozen=True):
     busy_us: int
     pushed_blocks: int = 0
     pushed_bytes: int = 0
+    of: int = 1
 
 
 # --- encoding and checked decoding -----------------------------------------------------------
@@ -418,6 +424,8 @@ _register(
     SlotReady,
     RunTasks,
     SlotDone,
+    DriverLink,
+    SlotNotice,
     GroupFailed,
     CancelGroups,
     Draining,

@@ -139,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=64,
         help="open connections one host may have to the data port (default 64)",
     )
+    p.add_argument(
+        "--no-result-links",
+        dest="result_links",
+        action="store_false",
+        help="send the slots' results and acknowledgements through this worker process "
+        "instead of over each slot's own connection to the driver (default: result links "
+        "on; they save a process hop per group)",
+    )
     tls = p.add_argument_group(
         "TLS",
         "all three, or none: both ports then speak TLS and every peer must present a "
@@ -276,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         max_connections_per_address=args.max_connections_per_address,
         tls=tls,
         connect_retry=args.connect_retry,
+        result_links=args.result_links,
     )
     runtime = WorkerRuntime(config)
     try:

@@ -38,6 +38,9 @@ class WorkerConfig:
         drain_timeout: on SIGTERM, exit after this many seconds even if groups are in flight.
         max_connections_per_address: open connections one host may have to the data port.
         tls: mutual TLS for both ports, or None.
+        result_links: each slot opens its own authenticated connection to the driver (a
+            result link) and sends its results, acknowledgement parts and checkpoints there,
+            skipping the worker process (docs/architecture.md, "Result links").
     """
 
     host: str
@@ -58,6 +61,7 @@ class WorkerConfig:
     drain_timeout: float = 30.0
     max_connections_per_address: int = 64
     tls: TlsConfig | None = None
+    result_links: bool = True
 
     @property
     def limits(self) -> FrameLimits:

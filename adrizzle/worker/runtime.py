@@ -12,7 +12,6 @@ held here until a reducer's worker fetches them.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import signal
@@ -25,7 +24,9 @@ import msgspec
 
 from adrizzle.errors import AuthenticationError, ProtocolError, RemoteProtocolError
 from adrizzle.wire import auth
+from adrizzle.wire.acks import AckTally
 from adrizzle.wire.channel import Channel, ConnectionClosed
+from adrizzle.wire.checks import check_launch, check_map_outputs
 from adrizzle.wire.connection import Connection
 from adrizzle.wire.liveness import SilenceWatch
 from adrizzle.wire.messages import (
@@ -34,9 +35,9 @@ from adrizzle.wire.messages import (
     CancelGroups,
     ClusterView,
     Draining,
+    DriverLink,
     DropShared,
     FetchBlocks,
-    GroupDone,
     GroupFailed,
     Heartbeat,
     Hello,
@@ -51,9 +52,8 @@ from adrizzle.wire.messages import (
     Shutdown,
     SinkFailed,
     SlotDone,
+    SlotNotice,
     StateCheckpoint,
-    check_launch,
-    check_map_outputs,
 )
 from adrizzle.worker.peers import PeerLinks
 from adrizzle.worker.retry import retrying
@@ -104,16 +104,6 @@ class _StoppedDuringStart(Exception):
     """A stop was requested before the worker joined; the message is the reason."""
 
 
-@dataclasses.dataclass(slots=True)
-class _GroupTally:
-    slots_left: int
-    tasks: int = 0
-    failed: int = 0
-    busy_us: int = 0
-    pushed_blocks: int = 0
-    pushed_bytes: int = 0
-
-
 class WorkerRuntime:
     """One worker: its control connection, data links, slots and the groups in progress."""
 
@@ -131,7 +121,9 @@ class WorkerRuntime:
         # Keyed by (group, job, shuffle stage, reducer worker).
         self._held: dict[tuple[int, int, int, str], list[tuple[MapOutputReady, bytes]]] = {}
         self.channel: Channel | None = None
-        self._groups: dict[int, _GroupTally] = {}
+        # The slots' ``slot_done`` parts of a group, summed into the worker's one
+        # ``group_done`` (a slot running a group alone acknowledges over its result link).
+        self._acks = AckTally()
         self._stop: asyncio.Future[str] | None = None
         self.exit_code = 0
 
@@ -315,6 +307,28 @@ class WorkerRuntime:
         # iterations later), or the slots' answers to that launch find no channel.
         self.channel = channel
         self._silence.heard(DRIVER, time.monotonic())
+        if self.config.result_links:
+            self._offer_result_links()
+
+    def _offer_result_links(self) -> None:
+        """Ask each slot to open its result link to the driver (``DriverLink``): results and
+        acknowledgement parts then skip this process. The socketpair is ordered, so a slot has
+        its link (or has fallen back to this runtime) before the first group reaches it."""
+        tls = self.config.tls
+        for slot in self.pool.slots:
+            link = DriverLink(
+                host=self.config.host,
+                port=self.config.port,
+                token=self.config.token,
+                worker=self.name,
+                pid=os.getpid(),
+                slot=slot.index,
+                handshake_timeout_ms=int(self.config.handshake_timeout * 1000),
+                tls_ca_file=tls.ca_file if tls else "",
+                tls_cert=tls.cert if tls else "",
+                tls_key=tls.key if tls else "",
+            )
+            slot.channel.send(link)
 
     def _on_driver_message(self, channel: Channel, msg: Message, payload: bytes) -> None:
         self._silence.heard(DRIVER, time.monotonic())
@@ -338,8 +352,7 @@ class WorkerRuntime:
     def _cancel(self, msg: CancelGroups) -> None:
         """Forget these groups (a worker was lost; they are re-run as new groups)."""
         cancelled = set(msg.groups)
-        for group in cancelled:
-            self._groups.pop(group, None)
+        self._acks.forget(cancelled)
         for key in [k for k in self._held if k[0] in cancelled]:
             del self._held[key]
         for slot in self.pool.slots:
@@ -348,7 +361,6 @@ class WorkerRuntime:
     def _launch(self, msg: LaunchGroup, payload: bytes) -> None:
         n = len(msg.slot_ids)
         state = check_launch(msg, len(payload), len(self.pool.slots))
-        self._groups[msg.group] = _GroupTally(n)
         view = memoryview(payload)
         program = view[: msg.program_len]
         offset = msg.program_len
@@ -368,6 +380,7 @@ class WorkerRuntime:
                 hold=msg.hold,
                 state_len=state_len,
                 checkpoint=msg.checkpoint,
+                slots=n,
             )
             data = view[offset : offset + data_len + state_len]
             offset += data_len + state_len
@@ -450,26 +463,11 @@ class WorkerRuntime:
             channel.send(msg, payload)
         elif type(msg) is MapOutputReady or type(msg) is MapOutputs:
             self._route_block(msg, payload)
+        elif type(msg) is SlotNotice:
+            log.warning("%s", msg.message)
         elif type(msg) is SlotDone:
-            tally = self._groups.get(msg.group)
-            if tally is None:
-                return
-            tally.slots_left -= 1
-            tally.tasks += msg.tasks
-            tally.failed += msg.failed
-            tally.busy_us += msg.busy_us
-            tally.pushed_blocks += msg.pushed_blocks
-            tally.pushed_bytes += msg.pushed_bytes
-            if tally.slots_left == 0:
-                del self._groups[msg.group]
-                done = GroupDone(
-                    msg.group,
-                    tally.tasks,
-                    tally.failed,
-                    tally.busy_us,
-                    tally.pushed_blocks,
-                    tally.pushed_bytes,
-                )
+            done = self._acks.add(msg, msg.of)
+            if done is not None:
                 channel.send(done)
 
     def _on_slot_lost(self, slot: Slot) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from adrizzle.plan import shared
 from adrizzle.plan.failure import TaskFailure
 from adrizzle.plan.program import ShuffleRead, StageProgram
-from adrizzle.wire.messages import check_map_outputs
+from adrizzle.wire.checks import check_map_outputs
 
 if TYPE_CHECKING:
     from collections.abc import Callable

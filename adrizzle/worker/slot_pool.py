@@ -28,12 +28,14 @@ from adrizzle.wire.messages import (
     Shutdown,
     SinkFailed,
     SlotDone,
+    SlotNotice,
     SlotReady,
     StateCheckpoint,
 )
 
 SLOT_MESSAGES = (
     SlotReady,
+    SlotNotice,
     BatchResult,
     SlotDone,
     MapOutputReady,

@@ -31,6 +31,7 @@ from adrizzle.plan.state import StateStore, restore_states
 from adrizzle.wire.framing import FrameDecoder, FrameLimits, encode_frame
 from adrizzle.wire.messages import (
     CancelGroups,
+    DriverLink,
     DropShared,
     GroupFailed,
     MapOutputReady,
@@ -40,6 +41,7 @@ from adrizzle.wire.messages import (
     RunTasks,
     Shutdown,
     SinkFailed,
+    SlotNotice,
     SlotReady,
     StateCheckpoint,
     decode_meta,
@@ -47,6 +49,7 @@ from adrizzle.wire.messages import (
 )
 from adrizzle.worker import slot_shared
 from adrizzle.worker.slot_inbox import ShuffleInbox, UpstreamFailure
+from adrizzle.worker.slot_link import LinkError, open_result_link
 from adrizzle.worker.slot_results import PUSH_BUNDLE_BYTES, ResultSender
 from adrizzle.worker.slot_sinks import SinkStage
 from adrizzle.worker.slot_tasks import SlotTasks, TaskQueue, tasks_for
@@ -88,6 +91,7 @@ class SlotProcess:
         self.last_blob = b""
         self.last_programs: list[JobProgram] = []
         self.sinks = SinkStage()  # sink writers and the outputs waiting for offsets_logged
+        self.link_offer: DriverLink | None = None  # the worker's offer of a result link
 
     def serve(self) -> None:
         self.sender.send(encode_frame(encode_meta(SlotReady(pid=os.getpid()))))
@@ -123,6 +127,20 @@ class SlotProcess:
                 slot_shared.receive(msg, payload)
             elif isinstance(msg, Shutdown):
                 raise WorkerGone
+            elif isinstance(msg, DriverLink):
+                self.link_offer = msg  # dialed when a group can use it (run_group)
+
+    def open_link(self, msg: DriverLink) -> None:
+        """Open this slot's result link to the driver; without one (the driver refused it or
+        cannot be reached from here) everything keeps going through the worker."""
+        self.link_offer = None  # one try
+        try:
+            self.sender.link = open_result_link(msg)
+        except LinkError as exc:
+            notice = SlotNotice(
+                f"slot {msg.slot}: no result link, sending through the worker: {exc}"
+            )
+            self.sender.send(encode_frame(encode_meta(notice)))
 
     def cancel(self, groups: list[int]) -> None:
         """Drop these groups: queued, running (at its next wait) and their map outputs."""
@@ -152,6 +170,11 @@ class SlotProcess:
         then stage order; a reduce waiting for map outputs lets later ready tasks run."""
         started = time.perf_counter()
         self.pushed_blocks = self.pushed_bytes = 0
+        if self.link_offer is not None and msg.slots == 1 and not msg.hold:
+            # The first group that can use a result link opens it: a slot that never runs a
+            # worker's whole share of a group never dials (nor does one at shutdown).
+            self.open_link(self.link_offer)
+        self.sender.route(msg)
         self.release(msg.release)
         programs = self.load(msg, payload)
         if programs is None:
@@ -236,6 +259,7 @@ class SlotProcess:
             busy_us,
             unpicklable_before,
             (self.pushed_blocks, self.pushed_bytes),
+            msg.slots,
         )
 
     def release(self, node_ids: list[int]) -> None:
@@ -281,8 +305,8 @@ class SlotProcess:
                     "cloudpickle.register_pickle_by_value)"
                 )
             notice = GroupFailed(msg.group, msg.worker, msg.slot, reason)
-            self.sender.send(encode_frame(encode_meta(notice)))
-            self.sender.finish_group(msg.group, 0, 0, 0, self.sender.unpicklable)
+            self.sender.send_driver(encode_frame(encode_meta(notice)))
+            self.sender.finish_group(msg.group, 0, 0, 0, self.sender.unpicklable, of=msg.slots)
             return None
 
     def wait_for_sinks(self, msg: RunTasks) -> None:
@@ -310,7 +334,7 @@ class SlotProcess:
     def sink_failures(self, failures: list[tuple[int, SinkError]]) -> None:
         for group, error in failures:
             notice = SinkFailed(group)
-            self.sender.send(encode_frame(encode_meta(notice), pickle.dumps(error)))
+            self.sender.send_driver(encode_frame(encode_meta(notice), pickle.dumps(error)))
 
     def send_checkpoint(self, msg: RunTasks) -> None:
         """Send the stream state changed since the last checkpoint (docs/architecture.md)."""
@@ -325,7 +349,7 @@ class SlotProcess:
                 f"jobs {msg.first_job}..{msg.last_job - 1} (states must be picklable): "
                 f"{type(exc).__name__}: {exc}"
             )
-            self.sender.send(
+            self.sender.send_driver(
                 encode_frame(encode_meta(GroupFailed(msg.group, msg.worker, msg.slot, reason)))
             )
             return
@@ -338,7 +362,7 @@ class SlotProcess:
             keys=[list(key) for key in changed],
             batches=[cell.batch for cell in changed.values()],
         )
-        self.sender.send(encode_frame(encode_meta(notice), payload))
+        self.sender.send_driver(encode_frame(encode_meta(notice), payload))
 
     def run_result_task(
         self, group: int, job: int, program: JobProgram, stage: StageProgram, p: int

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 from adrizzle.plan.failure import TaskFailure
 from adrizzle.plan.serialize import dumps
 from adrizzle.wire.framing import encode_frame
-from adrizzle.wire.messages import BatchResult, MapOutputs, RunTasks, SlotDone, encode_meta
+from adrizzle.wire.messages import (
+    BatchResult,
+    GroupDone,
+    MapOutputs,
+    RunTasks,
+    SlotDone,
+    encode_meta,
+)
 
 if TYPE_CHECKING:
     import socket
@@ -100,6 +107,8 @@ class ResultSender:
         self._armed = False  # something waits behind a running task: the clock times it
         self._ticking = False  # the clock thread is awake (timed waits), not parked
         self.unpicklable = 0
+        self.link: socket.socket | None = None  # the result link, once open (slot_link)
+        self._via_link = False  # the running group's frames for the driver take the link
         threading.Thread(target=self._linger_clock, name="result-sender", daemon=True).start()
 
     def _empty(self) -> bool:
@@ -163,16 +172,31 @@ class ResultSender:
             bundle.payloads.append(payload)
             bundle.size += len(payload)
 
+    def route(self, msg: RunTasks) -> None:
+        """Where ``msg``'s frames for the driver go (called before the group runs, when
+        nothing waits). A worker's acknowledgement must reach the driver behind all of its
+        results and checkpoints on one ordered connection: the slot's result link when this
+        slot runs the worker's whole share of the group (``msg.slots == 1``), else the
+        worker's own connection, which assembles its slots' parts. A group whose map outputs
+        are held on the worker for BSP fetches also goes through the worker: it must have
+        filed them before the driver sees the acknowledgement (docs/architecture.md)."""
+        with self._cond:
+            self._via_link = self.link is not None and msg.slots == 1 and not msg.hold
+
     def flush(self) -> None:
         """Send what waits (the slot ran out of ready work)."""
         with self._cond:
-            frame = self._frames()
-            if frame:
-                self._sock.sendall(frame)
+            self._write(*self._frames())
 
     def send(self, frame: bytes) -> None:
+        """A frame for the worker process."""
         with self._cond:
             self._sock.sendall(frame)
+
+    def send_driver(self, frame: bytes) -> None:
+        """A frame for the driver (a checkpoint, a failure notice): the group's route."""
+        with self._cond:
+            self._write(b"", frame)
 
     def finish_group(
         self,
@@ -182,13 +206,28 @@ class ResultSender:
         busy_us: int,
         unpicklable_before: int,
         pushed: tuple[int, int] = (0, 0),
+        of: int = 1,
     ) -> None:
-        """The group's last results and its ``slot_done``, in one write."""
+        """The group's last results and its acknowledgement, in one write: the worker's
+        ``group_done`` over the link, else this slot's ``slot_done`` (one of ``of``)."""
         with self._cond:
-            frame = self._frames()
+            pushes, results = self._frames()
             failed += self.unpicklable - unpicklable_before
-            done = SlotDone(group, tasks, failed, busy_us, pushed[0], pushed[1])
-            self._sock.sendall(frame + encode_frame(encode_meta(done)))
+            fields = (group, tasks, failed, busy_us, pushed[0], pushed[1])
+            done = GroupDone(*fields) if self._via_link else SlotDone(*fields, of)
+            self._write(pushes, results + encode_frame(encode_meta(done)))
+
+    def _write(self, pushes: bytes, results: bytes) -> None:
+        """Map outputs to the worker; results to the driver by this group's route (one write
+        when both go to the worker). Called under the lock."""
+        if self._via_link:
+            assert self.link is not None
+            if pushes:
+                self._sock.sendall(pushes)
+            if results:
+                self.link.sendall(results)
+        elif pushes or results:
+            self._sock.sendall(pushes + results)
 
     @staticmethod
     def _push_frame(key: tuple[int, str, int], bundle: _Bundle) -> bytes:
@@ -196,12 +235,11 @@ class ResultSender:
         meta = encode_meta(MapOutputs(group, worker, slot, bundle.outputs))
         return encode_frame(meta, b"".join(bundle.payloads))
 
-    def _frames(self) -> bytes:
-        """Everything waiting: pushed map outputs, then results (b"" when nothing waits)."""
-        frames = [self._push_frame(key, bundle) for key, bundle in self._pushes.items()]
+    def _frames(self) -> tuple[bytes, bytes]:
+        """Everything waiting: pushed map outputs and results (b"" when none waits)."""
+        pushes = b"".join([self._push_frame(key, b) for key, b in self._pushes.items()])
         self._pushes.clear()
-        frames.append(self._frame())
-        return b"".join(frames)
+        return pushes, self._frame()
 
     def _frame(self) -> bytes:
         """The waiting results as one ``batch_result`` frame (b"" when nothing waits)."""
@@ -234,9 +272,7 @@ class ResultSender:
                         continue
                     self._armed = False
                     try:
-                        frame = self._frames()
-                        if frame:
-                            self._sock.sendall(frame)
+                        self._write(*self._frames())
                     except OSError:
                         return  # the worker is gone; the main thread notices on its next recv
                     continue

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from adrizzle.wire import auth
 from adrizzle.wire.channel import Channel
+from adrizzle.wire.checks import check_launch
 from adrizzle.wire.connection import Connection
 from adrizzle.wire.framing import FrameLimits
 from adrizzle.wire.messages import (
@@ -43,7 +44,6 @@ from adrizzle.wire.messages import (
     Message,
     OffsetsLogged,
     Shutdown,
-    check_launch,
 )
 from adrizzle_bench.sim_plans import sim_value
 

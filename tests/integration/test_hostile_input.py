@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 TOKEN = "hostile-input-test-token"
 HANDSHAKE_TIMEOUT = 1.0  # seconds; the default is 5
-CAP = 64  # connections per address (the default)
+CAP = 64  # connections per address (the data port's default; passed to the driver too)
 RANDOM_FRAMES = 10_000  # random and mutated frames per port
 RSS_GROWTH_LIMIT = 64 << 20  # bytes, per process, over the whole attack run
 WORKER_NAMES = ["w0", "w1"]
@@ -323,9 +323,10 @@ async def idle_connections(port: Port) -> int:
     capped = sum("too many connections" in reasons([r]) for r in replies)
     timed_out = sum("not completed within 1 s" in reasons([r]) for r in replies)
     # Each was refused at once for the cap or closed at the deadline, and the cap held: at most
-    # CAP waited at a time (the workers' own connections hold a place or two).
+    # CAP waited at a time (on the control port the two workers' connections and their slots'
+    # result links hold up to four places; on a data port the peer's link holds one or two).
     assert capped + timed_out == len(replies)
-    assert CAP - 2 <= timed_out
+    assert CAP - 4 <= timed_out
     assert capped >= 1
     return 0
 

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adrizzle.errors import RemoteProtocolError
+from adrizzle.wire.checks import check_map_outputs
 from adrizzle.wire.messages import (
     HANDSHAKE_TYPES,
     MESSAGE_TYPES,
@@ -19,6 +20,7 @@ from adrizzle.wire.messages import (
     CancelGroups,
     ClusterView,
     Draining,
+    DriverLink,
     DropShared,
     Error,
     FetchBlocks,
@@ -37,9 +39,9 @@ from adrizzle.wire.messages import (
     Shutdown,
     SinkFailed,
     SlotDone,
+    SlotNotice,
     SlotReady,
     StateCheckpoint,
-    check_map_outputs,
     decode_meta,
     encode_meta,
     fields_of,
@@ -83,6 +85,17 @@ SAMPLES: list[Message] = [
     GroupDone(group=3, tasks=16, failed=1, busy_us=12345, pushed_blocks=4, pushed_bytes=999),
     Shutdown(),
     SlotReady(pid=4321),
+    SlotNotice(message="slot 0: no result link, sending through the worker: refused"),
+    DriverLink(
+        host="127.0.0.1",
+        port=7077,
+        token="t" * 43,
+        worker="w-1",
+        pid=99,
+        slot=1,
+        handshake_timeout_ms=5000,
+        tls_ca_file="/etc/adrizzle/ca.pem",
+    ),
     RunTasks(
         group=3,
         first_job=10,
@@ -105,7 +118,7 @@ SAMPLES: list[Message] = [
     CancelGroups(groups=[3, 4]),
     Draining(reason="received SIGTERM"),
     PeerLost(peer="w2", reason="data link closed"),
-    SlotDone(group=3, tasks=8, failed=0, busy_us=777, pushed_blocks=2, pushed_bytes=500),
+    SlotDone(group=3, tasks=8, failed=0, busy_us=777, pushed_blocks=2, pushed_bytes=500, of=2),
     StateCheckpoint(group=3, slot=1, keys=[[7, 0], [7, 2]], batches=[41, 41]),
     OffsetsLogged(stream="clicks", through=41),
     SinkFailed(group=3),

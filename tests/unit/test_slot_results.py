@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from adrizzle.wire.checks import check_map_outputs
 from adrizzle.wire.framing import FrameDecoder, FrameLimits
 from adrizzle.wire.messages import (
     BatchResult,
@@ -18,7 +19,6 @@ from adrizzle.wire.messages import (
     Message,
     RunTasks,
     SlotDone,
-    check_map_outputs,
     decode_meta,
 )
 from adrizzle.worker.slot_results import ResultSender
