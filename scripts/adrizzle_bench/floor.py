@@ -3,7 +3,9 @@
 A uvloop driver and ``workers`` worker processes over loopback TCP. Per group the driver sends
 each worker one frame; the worker sums its partitions of 1000 ints for each of the group's
 batches and answers with one frame per group. No slots, no auth, no generality: this is what the
-design costs in Python when nothing else is paid, so adrizzle is judged against it. The second
+design costs in Python when nothing else is paid, so adrizzle is judged against it. With
+``relay=True`` a process that only forwards bytes sits between the driver and each worker: the
+shape of adrizzle's worker runtime and its slot, to show what that hop alone costs. The second
 floor (below) is the same loop with a pre-scheduled shuffle between the workers.
 """
 
@@ -13,7 +15,9 @@ import asyncio
 import functools
 import multiprocessing
 import operator
+import os
 import pickle
+import select
 import socket
 import struct
 import time
@@ -31,9 +35,8 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _worker(port: int, parts: list[int], records: int) -> None:
-    sock = socket.create_connection(("127.0.0.1", port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def _serve_groups(sock: socket.socket, parts: list[int], records: int) -> None:
+    """The worker's loop: per group frame, sum each partition for each batch, answer once."""
     data = {p: list(range(p * records, (p + 1) * records)) for p in parts}
     try:
         while True:
@@ -47,6 +50,43 @@ def _worker(port: int, parts: list[int], records: int) -> None:
         return
     finally:
         sock.close()
+
+
+def _dial(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def _worker(port: int, parts: list[int], records: int) -> None:
+    _serve_groups(_dial(port), parts, records)
+
+
+def _relay_worker(port: int, parts: list[int], records: int) -> None:
+    """The design's process shape with nothing else paid: this process only relays bytes
+    between the driver and a child that runs the groups (a worker runtime and its slot)."""
+    driver = _dial(port)
+    mine, child_end = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the slot
+        driver.close()
+        mine.close()
+        _serve_groups(child_end, parts, records)
+        os._exit(0)
+    child_end.close()
+    other = {driver: mine, mine: driver}
+    try:
+        while True:
+            readable, _w, _x = select.select([driver, mine], [], [])
+            for sock in readable:
+                data = sock.recv(1 << 16)
+                if not data:
+                    return
+                other[sock].sendall(data)
+    finally:
+        driver.close()
+        mine.close()
+        os.waitpid(pid, 0)
 
 
 def _shut(
@@ -67,7 +107,7 @@ def _shut(
 
 
 async def _drive(
-    batches: int, group_size: int, partitions: int, records: int, workers: int
+    batches: int, group_size: int, partitions: int, records: int, workers: int, relay: bool = False
 ) -> float:
     accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
 
@@ -78,7 +118,10 @@ async def _drive(
     port = server.sockets[0].getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker, args=(port, list(range(i, partitions, workers)), records))
+        ctx.Process(
+            target=_relay_worker if relay else _worker,
+            args=(port, list(range(i, partitions, workers)), records),
+        )
         for i in range(workers)
     ]
     for p in procs:
@@ -113,9 +156,16 @@ async def _drive(
 
 
 async def floor_ms_per_batch_async(
-    batches: int, group_size: int, partitions: int = 4, records: int = 1000, workers: int = 2
+    batches: int,
+    group_size: int,
+    partitions: int = 4,
+    records: int = 1000,
+    workers: int = 2,
+    relay: bool = False,
 ) -> float:
-    return await _drive(batches, group_size, partitions, records, workers)
+    """ms per micro-batch of the single-stage floor; ``relay``: with a byte-relaying process
+    between the driver and each worker (driver -> worker runtime -> slot, adrizzle's shape)."""
+    return await _drive(batches, group_size, partitions, records, workers, relay)
 
 
 def floor_ms_per_batch(
