@@ -210,8 +210,10 @@ def test_bad_arguments_are_refused_clearly(name: str, args: list[str], complaint
 def test_interrupted_running_sum_stops_its_workers() -> None:
     """Ctrl-C in the middle of a long run: the example exits 130 and its workers are gone."""
     tag = uuid.uuid4().hex
+    # 20,000 ints per partition: the run takes ~10 s here, so it cannot finish while the test
+    # looks for its workers (10,000 plain batches took ~3 s once G=1 got faster, and finished).
     proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "running_sum.py"), "10000", "1"],
+        [sys.executable, str(EXAMPLES / "running_sum.py"), "10000", "1", "--records", "20000"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
