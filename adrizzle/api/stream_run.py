@@ -259,12 +259,16 @@ class StreamRun:
                         delivered = cursor.deliver(b)
                         values_of = session.shared.settle(job.values, apply=delivered)
                         if not delivered:
+                            if offsets is not None:
+                                offsets.delivered(b)  # delivered before: its ranges may go
                             continue  # replayed for the state only: delivered before
                         origin.next_batch = cursor.next_batch
                         positions = None
                         if offsets is not None:  # logged before it is delivered
                             await session.wait_logged(origin.name, b)
-                            positions = offsets.entries.get(b)
+                            # (Its group may be acknowledged and completed by now: the log
+                            # keeps a completed batch's ranges until this call.)
+                            positions = offsets.delivered(b)
                         values = [v for part in values_of for v in part]
                         batch = StreamBatch(b, values, time.time(), origin.due(b), positions)
                         origin.cut_at.pop(b, None)

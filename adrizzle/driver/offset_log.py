@@ -47,6 +47,9 @@ class OffsetLog:
         self.entries: dict[int, dict[int, Range]] = {}
         self.logged_through = -1  # the last batch appended (appends are contiguous)
         self.completed_through = -1
+        # The last batch the stream's consumer has taken its ranges for: a completed batch
+        # keeps them until then (its acknowledgement can overtake its delivery).
+        self.delivered_through = -1
         self._durable = -1  # written by the writer thread
         self._writer = _Writer(directory / FILE_NAME, notify) if directory is not None else None
         if directory is not None:
@@ -87,12 +90,26 @@ class OffsetLog:
         if through <= self.completed_through:
             return None
         self.completed_through = through
-        for batch in [b for b in self.entries if b < through]:
-            del self.entries[batch]
+        self._prune()
         if self._writer is not None:
             self._writer.append({"c": through})
         ranges = self.entries.get(through)
         return None if ranges is None else {p: r[1] for p, r in ranges.items()}
+
+    def delivered(self, batch: int) -> dict[int, Range] | None:
+        """The consumer takes ``batch``'s ranges (None if it was never logged); completed
+        batches up to it are dropped now."""
+        ranges = self.entries.get(batch)
+        if batch > self.delivered_through:
+            self.delivered_through = batch
+            self._prune()
+        return ranges
+
+    def _prune(self) -> None:
+        """Drop the batches that will never be replayed and whose ranges were delivered."""
+        last = min(self.completed_through - 1, self.delivered_through)
+        for batch in [b for b in self.entries if b <= last]:
+            del self.entries[batch]
 
     def ranges(self, first: int, last: int) -> dict[tuple[int, int], Range]:
         """The logged ranges of batches ``first .. last - 1``: ``(batch, partition) ->

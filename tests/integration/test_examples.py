@@ -210,14 +210,17 @@ def test_bad_arguments_are_refused_clearly(name: str, args: list[str], complaint
 def test_interrupted_running_sum_stops_its_workers() -> None:
     """Ctrl-C in the middle of a long run: the example exits 130 and its workers are gone."""
     tag = uuid.uuid4().hex
-    # 20,000 ints per partition: the run takes ~10 s here, so it cannot finish while the test
-    # looks for its workers (10,000 plain batches took ~3 s once G=1 got faster, and finished).
+    # 20,000 ints per partition: the run takes ~10 s here, far longer than the test needs to
+    # find its workers. SIGINT is reset to its default in the child: a suite started as a
+    # background job (nohup, `cmd &` without job control) hands its children SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt (the run went on to exit 0).
     proc = subprocess.Popen(
         [sys.executable, str(EXAMPLES / "running_sum.py"), "10000", "1", "--records", "20000"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=example_env(tag),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None
