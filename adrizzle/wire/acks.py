@@ -29,14 +29,15 @@ class AckTally:
     def __len__(self) -> int:
         return len(self._open)
 
-    def add(self, part: SlotDone, of: int) -> GroupDone | None:
-        """One of ``of`` parts of ``part.group``'s acknowledgement; the whole acknowledgement
-        when this was the last part, else None (also for a forgotten group's late part)."""
+    def add(self, part: SlotDone) -> GroupDone | None:
+        """One of ``part.of`` parts of ``part.group``'s acknowledgement; the whole
+        acknowledgement when this was the last part, else None (also for a forgotten group's
+        late part)."""
         if part.group in self._gone:
             return None
         sums = self._open.get(part.group)
         if sums is None:
-            sums = self._open[part.group] = [of, 0, 0, 0, 0, 0]
+            sums = self._open[part.group] = [part.of, 0, 0, 0, 0, 0]
         sums[0] -= 1
         sums[1] += part.tasks
         sums[2] += part.failed

@@ -311,9 +311,9 @@ class WorkerRuntime:
             self._offer_result_links()
 
     def _offer_result_links(self) -> None:
-        """Ask each slot to open its result link to the driver (``DriverLink``): results and
-        acknowledgement parts then skip this process. The socketpair is ordered, so a slot has
-        its link (or has fallen back to this runtime) before the first group reaches it."""
+        """Offer each slot a result link to the driver (``DriverLink``): a slot dials when a
+        group can use it (``slot_results.takes_link``), and that group's results and
+        acknowledgement then skip this process."""
         tls = self.config.tls
         for slot in self.pool.slots:
             link = DriverLink(
@@ -466,7 +466,7 @@ class WorkerRuntime:
         elif type(msg) is SlotNotice:
             log.warning("%s", msg.message)
         elif type(msg) is SlotDone:
-            done = self._acks.add(msg, msg.of)
+            done = self._acks.add(msg)
             if done is not None:
                 channel.send(done)
 

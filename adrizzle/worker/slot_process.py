@@ -50,7 +50,7 @@ from adrizzle.wire.messages import (
 from adrizzle.worker import slot_shared
 from adrizzle.worker.slot_inbox import ShuffleInbox, UpstreamFailure
 from adrizzle.worker.slot_link import LinkError, open_result_link
-from adrizzle.worker.slot_results import PUSH_BUNDLE_BYTES, ResultSender
+from adrizzle.worker.slot_results import PUSH_BUNDLE_BYTES, ResultSender, takes_link
 from adrizzle.worker.slot_sinks import SinkStage
 from adrizzle.worker.slot_tasks import SlotTasks, TaskQueue, tasks_for
 
@@ -170,7 +170,7 @@ class SlotProcess:
         then stage order; a reduce waiting for map outputs lets later ready tasks run."""
         started = time.perf_counter()
         self.pushed_blocks = self.pushed_bytes = 0
-        if self.link_offer is not None and msg.slots == 1 and not msg.hold:
+        if self.link_offer is not None and takes_link(msg):
             # The first group that can use a result link opens it: a slot that never runs a
             # worker's whole share of a group never dials (nor does one at shutdown).
             self.open_link(self.link_offer)

@@ -56,6 +56,17 @@ def dump_values(values: list[list[Any]]) -> tuple[bytes, list[int]]:
     return dumps(out), replaced
 
 
+def takes_link(msg: RunTasks) -> bool:
+    """Whether a group's frames for the driver may take the slot's result link. A worker's
+    acknowledgement must reach the driver behind all of its results and checkpoints on one
+    ordered connection: the slot's link when this slot runs the worker's whole share of the
+    group (``msg.slots == 1``), else the worker's own connection, which assembles its slots'
+    parts. A group whose map outputs are held on the worker for BSP fetches also goes through
+    the worker: it must have filed them before the driver sees the acknowledgement
+    (docs/architecture.md, "Result links")."""
+    return msg.slots == 1 and not msg.hold
+
+
 # Pushed map outputs for one destination are sent once this many bytes wait (or sooner).
 PUSH_BUNDLE_BYTES = 1 << 20
 
@@ -174,14 +185,9 @@ class ResultSender:
 
     def route(self, msg: RunTasks) -> None:
         """Where ``msg``'s frames for the driver go (called before the group runs, when
-        nothing waits). A worker's acknowledgement must reach the driver behind all of its
-        results and checkpoints on one ordered connection: the slot's result link when this
-        slot runs the worker's whole share of the group (``msg.slots == 1``), else the
-        worker's own connection, which assembles its slots' parts. A group whose map outputs
-        are held on the worker for BSP fetches also goes through the worker: it must have
-        filed them before the driver sees the acknowledgement (docs/architecture.md)."""
+        nothing waits): over the result link if the slot has one and ``takes_link(msg)``."""
         with self._cond:
-            self._via_link = self.link is not None and msg.slots == 1 and not msg.hold
+            self._via_link = self.link is not None and takes_link(msg)
 
     def flush(self) -> None:
         """Send what waits (the slot ran out of ready work)."""
