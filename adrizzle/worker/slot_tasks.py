@@ -38,15 +38,38 @@ class SlotTasks:
     result_jobs: list[int]  # the jobs with a result partition on this slot
 
 
+def placement_indexes(run: RunTasks) -> list[int]:
+    """The indexes of this slot in the group's placement (partition ``p`` runs in slot
+    ``placement[p % n]``)."""
+    me = (run.worker, run.slot)
+    refs = zip(run.placement_workers, run.placement_slots, strict=True)
+    return [i for i, ref in enumerate(refs) if ref == me]
+
+
+def ready_results(run: RunTasks, programs: Sequence[JobProgram]) -> list[int] | None:
+    """This slot's result partitions when every task of ``run`` is a result task that can run
+    now: one stage, no shuffle read, no paced source, no sink on the workers. Such a group runs
+    job by job with no queue (``SlotProcess.run_ready``: the single-stage hot path). None for
+    any other group."""
+    if len(run.stages) != 1 or not programs:
+        return None
+    index = run.stages[0]
+    for job, program in enumerate(programs, run.first_job):
+        stage = program.stages[index]
+        read = stage.input
+        if program.sink is not None or stage.output is not None or isinstance(read, ShuffleRead):
+            return None
+        if read.ready_at(job) is not None:
+            return None
+    n = len(run.placement_slots)
+    partitions = programs[0].stages[index].partitions
+    return sorted(p for i in placement_indexes(run) for p in range(i, partitions, n))
+
+
 def tasks_for(run: RunTasks, programs: Sequence[JobProgram]) -> SlotTasks:
     """The tasks of ``run`` (one slot's share of a group) in priority order."""
     n = len(run.placement_slots)
-    me = (run.worker, run.slot)
-    mine = [
-        i
-        for i, ref in enumerate(zip(run.placement_workers, run.placement_slots, strict=True))
-        if ref == me
-    ]
+    mine = placement_indexes(run)
     # A stage's partitions on this slot depend only on its partition count: the jobs of a
     # group share their stage structure, so this is computed once per stage, not per job.
     parts_of: dict[int, list[int]] = {}

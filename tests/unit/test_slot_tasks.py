@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from adrizzle.plan.offsets import WorkerSink
 from adrizzle.plan.program import (
     REDUCE,
     BatchSource,
     FunctionSource,
     JobProgram,
+    ShippedSource,
     ShuffleRead,
     ShuffleWrite,
     StageProgram,
 )
 from adrizzle.wire.messages import RunTasks
-from adrizzle.worker.slot_tasks import TaskQueue, tasks_for
+from adrizzle.worker.slot_tasks import TaskQueue, ready_results, tasks_for
 
 
 def two_stage() -> JobProgram:
@@ -99,3 +101,32 @@ def test_a_paced_source_is_due_at_the_end_of_its_interval() -> None:
     assert queue.due_in(105.5) == pytest.approx(0.5)
     assert queue.pop(200.0) == (1, 0, 0)
     assert queue.due_in(200.0) == 0.0
+
+
+def one_stage(
+    source: ShippedSource | FunctionSource | BatchSource | None = None,
+    sink: WorkerSink | None = None,
+) -> JobProgram:
+    stage = StageProgram(4, source or ShippedSource(3), (), None)
+    return JobProgram((stage,), sum, sink)
+
+
+def test_a_group_of_ready_result_tasks_runs_job_by_job_on_the_slot_s_partitions() -> None:
+    programs = [one_stage()] * 3
+    assert ready_results(launch(0, last=3, stages=(0,)), programs) == [0, 2]
+    assert ready_results(launch(1, last=3, stages=(0,)), programs) == [1, 3]
+    generated = [one_stage(FunctionSource(1, range))] * 3
+    assert ready_results(launch(1, last=3, stages=(0,)), generated) == [1, 3]
+
+
+def test_shuffles_paced_sources_and_worker_sinks_take_the_task_queue() -> None:
+    assert ready_results(launch(0), [two_stage(), two_stage()]) is None  # two stages
+    reduce_only = [two_stage()]
+    assert ready_results(launch(0, last=1, stages=(1,)), reduce_only) is None  # a shuffle read
+    run = launch(0, last=1, stages=(0,))
+    paced = BatchSource(5, lambda batch, p: [batch], 0, interval=0.5, start=1e9)
+    assert ready_results(run, [one_stage(paced)]) is None  # its data is not due yet
+    unpaced = BatchSource(5, lambda batch, p: [batch], 0)
+    assert ready_results(run, [one_stage(unpaced)]) == [0, 2]
+    sink = WorkerSink(node_id=9, stream="s", sink=None, first_batch=0)
+    assert ready_results(run, [one_stage(sink=sink)]) is None  # commits wait for the log
