@@ -457,7 +457,11 @@ def job_programs(
     shape = None
     programs: list[JobProgram] = []
     cache: dict[tuple[int, int], JobProgram] = {}
+    last: tuple[Any, Any, Any] = (None, None, None)
     for i, (ds, f) in enumerate(zip(datasets, func_list, strict=True)):
+        if ds is last[0] and f is last[1]:  # the common case: one dataset, run G times
+            programs.append(last[2])
+            continue
         if not isinstance(ds, Dataset):
             raise TypeError(f"job {i}: expected a Dataset, got {type(ds).__name__}")
         if ds.session is not session:
@@ -475,6 +479,7 @@ def job_programs(
                     f"job {i} is {s}"
                 )
         programs.append(program)
+        last = (ds, f, program)
     return programs
 
 

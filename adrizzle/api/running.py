@@ -69,13 +69,14 @@ async def collect(
     first_error: TaskError | None = None
     settle = session.shared.settle
     try:
-        async for outcome in run.outcomes(timeout):
-            if outcome.error is not None:
-                first_error = first_error or outcome.error
-                out.append(outcome.error)
-            else:
-                assert outcome.values is not None
-                out.append(settle(outcome.values))
+        async for outcomes in run.outcome_lists(timeout):
+            for outcome in outcomes:
+                if outcome.error is not None:
+                    first_error = first_error or outcome.error
+                    out.append(outcome.error)
+                else:
+                    assert outcome.values is not None
+                    out.append(settle(outcome.values))
     finally:
         session.finished(run)
     return out, first_error

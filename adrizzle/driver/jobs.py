@@ -96,11 +96,11 @@ class JobLedger:
 
     def open(self, jobs: range) -> None:
         """A group with these jobs was launched: expect every partition of each."""
-        for job in jobs:
-            self._values[job] = [None] * self.partitions
-            self._remaining[job] = self.partitions
-            if self.sources:
-                self._positions[job] = {}
+        n = self.partitions
+        self._values.update({job: [None] * n for job in jobs})
+        self._remaining.update(dict.fromkeys(jobs, n))
+        if self.sources:
+            self._positions.update({job: {} for job in jobs})
 
     def reset(self, job: int) -> None:
         """Forget what arrived for ``job`` (its attempt was aborted; it runs again)."""
@@ -142,20 +142,30 @@ class JobLedger:
         values_of, remaining = self._values, self._remaining
         out: list[JobOutcome] = []
         completed = False
+        # A slot's partitions are usually every k-th (placement p % k): one slice assignment
+        # per job then files them all.
+        if parts and (min(parts) < 0 or max(parts) >= self.partitions):
+            raise ValueError(f"partitions {list(parts)} not in 0..{self.partitions - 1}")
+        where = _as_slice(parts)
         for job, values, bad in zip(jobs, batches, failed, strict=True):
             slot_values = values_of.get(job)
-            if slot_values is not None:  # else a late duplicate of a job already finished
-                if len(values) != n:
-                    raise ValueError(f"job {job}: {n} partitions but {len(values)} values")
+            if slot_values is None:  # a late duplicate of a job already finished
+                completed = True
+                continue
+            if len(values) != n:
+                raise ValueError(f"job {job}: {n} partitions but {len(values)} values")
+            if where is not None:
+                slot_values[where] = values
+            else:
                 for p, v in zip(parts, values, strict=True):
                     slot_values[p] = v
-                if bad:
-                    self._record_errors(worker, job, parts, values)
-                left = remaining[job] - n
-                remaining[job] = left
-                if left <= 0:
-                    out += self._finish(job, launched_at)
-            completed = completed or job not in remaining
+            if bad:
+                self._record_errors(worker, job, parts, values)
+            left = remaining[job] - n
+            remaining[job] = left
+            if left <= 0:
+                out += self._finish(job, launched_at)
+                completed = completed or job not in remaining
         return out, completed
 
     def _record_errors(
@@ -189,25 +199,41 @@ class JobLedger:
         """Deliver ``job`` if it has everything, with every job after it that waited for it."""
         if self._remaining.get(job, 1) > 0:
             return []
-        positions = self._positions.get(job)
-        failed = job in self._errors  # a read that raised reports no range: fail the job
-        if self.sources and not failed and (positions is None or len(positions) < self.sources):
-            return []
+        positions = None
+        if self.sources:
+            positions = self._positions.get(job)
+            failed = job in self._errors  # a read that raised reports no range: fail the job
+            if not failed and (positions is None or len(positions) < self.sources):
+                return []
+            del self._positions[job]
         del self._remaining[job]
         slot_values = self._values.pop(job)
-        self._positions.pop(job, None)
-        error = self._errors.pop(job, None)
-        values = None if error else slot_values
-        self._done[job] = JobOutcome(job, values, error, launched_at, positions)
-        out: list[JobOutcome] = []
-        while self.next_to_deliver in self._done:
-            out.append(self._done.pop(self.next_to_deliver))
-            self.next_to_deliver += 1
+        error = self._errors.pop(job, None) if self._errors else None
+        outcome = JobOutcome(job, None if error else slot_values, error, launched_at, positions)
+        if job != self.next_to_deliver:  # waits for an earlier job
+            self._done[job] = outcome
+            return []
+        out = [outcome]
+        done, n = self._done, job + 1
+        while n in done:
+            out.append(done.pop(n))
+            n += 1
+        self.next_to_deliver = n
         return out
 
     def describe_missing(self, limit: int = 3) -> str:
         waiting = sorted(self._remaining.items())[:limit]
         return ", ".join(f"job {j} lacks {n} partitions" for j, n in waiting)
+
+
+def _as_slice(parts: Sequence[int]) -> slice | None:
+    """``parts`` (ascending, in range) as a slice when they are evenly spaced, else None."""
+    if not parts:
+        return None
+    step = parts[1] - parts[0] if len(parts) > 1 else 1
+    if step <= 0 or list(range(parts[0], parts[-1] + 1, step)) != list(parts):
+        return None
+    return slice(parts[0], parts[-1] + 1, step)
 
 
 class Completion:

@@ -45,3 +45,32 @@ def test_a_frame_whose_values_do_not_match_its_partitions_is_refused() -> None:
     ledger.open(range(1))
     with pytest.raises(ValueError, match="job 0: 2 partitions but 1 values"):
         ledger.record_frame("a", [0], [0, 1], [[5]], [0])
+
+
+@pytest.mark.parametrize(
+    ("parts", "values"),
+    [
+        ([0, 2], [0, 2]),  # every other partition: filed by one slice assignment
+        ([1, 2], [1, 2]),  # contiguous
+        ([0, 1, 3], [0, 1, 3]),  # uneven (a slot with two placement entries): one by one
+        ([3], [3]),
+    ],
+)
+def test_a_slot_s_partitions_are_filed_in_place_however_they_are_spaced(
+    parts: list[int], values: list[int]
+) -> None:
+    ledger = JobLedger(n_jobs=1, partitions=4)
+    ledger.open(range(1))
+    rest = [p for p in range(4) if p not in parts]
+    ledger.record_frame("a", [0], parts, [values], [0])
+    out, _ = ledger.record_frame("b", [0], rest, [rest], [0])
+    assert [o.values for o in out] == [[0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize("parts", [[2, 3, 4], [3, 5], [-1, 1]])
+def test_partitions_out_of_range_are_an_error_not_a_longer_list(parts: list[int]) -> None:
+    ledger = JobLedger(n_jobs=1, partitions=4)
+    ledger.open(range(1))
+    with pytest.raises(ValueError, match=r"partitions .* not in 0..3"):
+        ledger.record_frame("a", [0], parts, [list(parts)], [0])
+    assert ledger.describe_missing() == "job 0 lacks 4 partitions"
