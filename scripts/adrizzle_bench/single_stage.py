@@ -5,13 +5,15 @@
 4 partitions x 1000 ints, cached, summed per partition; ``--batches`` micro-batches per run, the
 sizes interleaved ``--repeats`` times, medians reported next to the hand-written floor
 (``floor``, and the same floor with a byte-relaying process per worker): ms per micro-batch,
-launch / ack / result frames per micro-batch and the driver's CPU per task. Results:
-bench-results/single-stage.md, RESULTS.md.
+launch / ack / result frames per micro-batch, the driver's CPU per task, and the CPU per
+micro-batch of the driver, the workers' runtimes and their slots (``harness.cpu_seconds``).
+Results: bench-results/single-stage.md, RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 from typing import Any
 
@@ -20,13 +22,32 @@ from adrizzle_bench import harness
 from adrizzle_bench.floor import floor_ms_per_batch_async
 
 
+def local_processes(engine: adrizzle.Engine) -> dict[str, list[int]]:
+    """The pids of the local workers' runtime processes and of their slots."""
+    import psutil
+
+    runtimes = [w["pid"] for w in engine.workers if w.get("pid") is not None]
+    slots: list[int] = []
+    for pid in runtimes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            slots += [child.pid for child in psutil.Process(pid).children()]
+    return {"runtimes": runtimes, "slots": slots}
+
+
+def cpu_of(pids: list[int]) -> float:
+    return sum(harness.cpu_seconds(pid) or 0.0 for pid in pids)
+
+
 async def single_stage_once(
     engine: adrizzle.Engine, data: adrizzle.Dataset, batches: int, group_size: int
 ) -> dict[str, float]:
     before = engine.statistics()
+    procs = local_processes(engine)
+    cpu_before = {kind: cpu_of(pids) for kind, pids in procs.items()}
     with harness.timed() as t:
         results = await engine.run_jobs([data] * batches, sum, group_size=group_size)
     wall, cpu = t.wall, t.cpu
+    cpu_after = {kind: cpu_of(pids) for kind, pids in procs.items()}
     await engine.wait_settled()
     after = engine.statistics()
     assert results == [results[0]] * batches
@@ -41,6 +62,12 @@ async def single_stage_once(
         "ack_per_batch": delta("frames_received", "group_done") / batches,
         "result_frames_per_batch": delta("frames_received", "batch_result") / batches,
         "driver_cpu_us_per_task": cpu / tasks * 1e6,
+        # CPU per micro-batch by process (all workers' runtimes, all slots, summed).
+        "driver_cpu_us_per_batch": cpu / batches * 1e6,
+        "runtimes_cpu_us_per_batch": (cpu_after["runtimes"] - cpu_before["runtimes"])
+        / batches
+        * 1e6,
+        "slots_cpu_us_per_batch": (cpu_after["slots"] - cpu_before["slots"]) / batches * 1e6,
     }
 
 
@@ -78,8 +105,9 @@ async def bench_single_stage(args: argparse.Namespace) -> dict[str, Any]:
         "",
         "| group size | ms / micro-batch | hand-written floor ms | x floor | launch frames / batch "
         "| ack frames / batch | result frames / batch | driver CPU µs / task "
-        "| floor with a relay hop ms | x relay floor |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| floor with a relay hop ms | x relay floor "
+        "| CPU µs / micro-batch: driver / worker runtimes / slots |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in table:
         lines.append(
@@ -87,7 +115,9 @@ async def bench_single_stage(args: argparse.Namespace) -> dict[str, Any]:
             f"| {r['ms_per_batch'] / r['floor_ms_per_batch']:.2f} | {r['launch_per_batch']:.3f} "
             f"| {r['ack_per_batch']:.3f} | {r['result_frames_per_batch']:.2f} "
             f"| {r['driver_cpu_us_per_task']:.1f} | {r['relay_floor_ms_per_batch']:.4f} "
-            f"| {r['ms_per_batch'] / r['relay_floor_ms_per_batch']:.2f} |"
+            f"| {r['ms_per_batch'] / r['relay_floor_ms_per_batch']:.2f} "
+            f"| {r['driver_cpu_us_per_batch']:.1f} / {r['runtimes_cpu_us_per_batch']:.1f} "
+            f"/ {r['slots_cpu_us_per_batch']:.1f} |"
         )
     lines += [
         "",

@@ -65,6 +65,20 @@ def test_timed_measures_wall_and_this_process_cpu() -> None:
     assert busy.cpu <= busy.wall + 0.01
 
 
+def test_cpu_seconds_counts_a_process_s_run_time_and_none_once_it_is_gone() -> None:
+    before = harness.cpu_seconds(os.getpid())
+    assert before is not None
+    start = time.process_time()
+    while time.process_time() - start < 0.03:  # 30 ms of CPU, however long that takes
+        pass
+    after = harness.cpu_seconds(os.getpid())
+    assert after is not None
+    assert after - before >= 0.025  # schedstat and process_time tick differently
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=60)
+    assert harness.cpu_seconds(child.pid) is None  # reaped: no such process
+
+
 # A parent process with one child of its own (the child ends when its parent's pipe closes).
 PARENT = """
 import subprocess, sys
