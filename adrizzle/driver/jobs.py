@@ -205,7 +205,7 @@ class JobLedger:
             failed = job in self._errors  # a read that raised reports no range: fail the job
             if not failed and (positions is None or len(positions) < self.sources):
                 return []
-            del self._positions[job]
+            self._positions.pop(job, None)
         del self._remaining[job]
         slot_values = self._values.pop(job)
         error = self._errors.pop(job, None) if self._errors else None

@@ -74,3 +74,20 @@ def test_partitions_out_of_range_are_an_error_not_a_longer_list(parts: list[int]
     with pytest.raises(ValueError, match=r"partitions .* not in 0..3"):
         ledger.record_frame("a", [0], parts, [list(parts)], [0])
     assert ledger.describe_missing() == "job 0 lacks 4 partitions"
+
+
+def test_a_connector_batch_waits_for_its_source_ranges_unless_a_read_failed() -> None:
+    ledger = JobLedger(n_jobs=2, partitions=2, sources=2)
+    ledger.open(range(2))
+    boom = TaskFailure("OSError", "the read failed", "")
+    out, _ = ledger.record_frame("a", [0, 1], [0, 1], [[1, 2], [3, boom]], [0, 1])
+    assert out == []  # job 0 lacks its ranges; job 1 (failed, no ranges) waits behind it
+    assert ledger.add_positions([[0, 0, 0, 5]]) == []
+    out = ledger.add_positions([[0, 1, 0, 7]])
+    assert [(o.index, o.values, o.positions) for o in out] == [
+        (0, [1, 2], {0: (0, 5), 1: (0, 7)}),
+        (1, None, {}),
+    ]
+    assert out[1].error is not None
+    assert out[1].error.partition == 1
+    assert ledger.finished
