@@ -42,7 +42,9 @@ class EngineConfig:
         result_linger: the longest a finished micro-batch's values wait in its slot while the
             slot has more ready work (it sends what is finished as soon as it runs out of ready
             work, so a group of small batches costs a frame or two; a paced stream's batches
-            go at once). Bounds the result latency that coalescing can add.
+            go at once). Bounds the result latency that coalescing can add; a task that holds
+            the GIL (pure Python) delays the slot's clock thread by up to the interpreter's
+            switch interval (``sys.getswitchinterval()``, 5 ms by default) more.
         status: ``host:port`` of the read-only status server (dashboard, ``/api/status``,
             ``/metrics``, ``/health``); None: off.
         heartbeat_interval: seconds between heartbeats to each worker.
