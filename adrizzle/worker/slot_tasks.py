@@ -46,6 +46,13 @@ def placement_indexes(run: RunTasks) -> list[int]:
     return [i for i, ref in enumerate(refs) if ref == me]
 
 
+def slot_partitions(run: RunTasks, mine: list[int], partitions: int) -> list[int]:
+    """This slot's partitions of a stage of ``partitions`` (``mine``: its placement
+    indexes), ascending."""
+    n = len(run.placement_slots)
+    return sorted(p for i in mine for p in range(i, partitions, n))
+
+
 def ready_results(run: RunTasks, programs: Sequence[JobProgram]) -> list[int] | None:
     """This slot's result partitions when every task of ``run`` is a result task that can run
     now: one stage, no shuffle read, no paced source, no sink on the workers. Such a group runs
@@ -61,14 +68,11 @@ def ready_results(run: RunTasks, programs: Sequence[JobProgram]) -> list[int] | 
             return None
         if read.ready_at(job) is not None:
             return None
-    n = len(run.placement_slots)
-    partitions = programs[0].stages[index].partitions
-    return sorted(p for i in placement_indexes(run) for p in range(i, partitions, n))
+    return slot_partitions(run, placement_indexes(run), programs[0].stages[index].partitions)
 
 
 def tasks_for(run: RunTasks, programs: Sequence[JobProgram]) -> SlotTasks:
     """The tasks of ``run`` (one slot's share of a group) in priority order."""
-    n = len(run.placement_slots)
     mine = placement_indexes(run)
     # A stage's partitions on this slot depend only on its partition count: the jobs of a
     # group share their stage structure, so this is computed once per stage, not per job.
@@ -82,9 +86,7 @@ def tasks_for(run: RunTasks, programs: Sequence[JobProgram]) -> SlotTasks:
             stage = program.stages[stage_index]
             parts = parts_of.get(stage.partitions)
             if parts is None:
-                parts = parts_of[stage.partitions] = sorted(
-                    p for i in mine for p in range(i, stage.partitions, n)
-                )
+                parts = parts_of[stage.partitions] = slot_partitions(run, mine, stage.partitions)
             pending += [(job, stage_index, p) for p in parts]
             if stage.output is None and parts:
                 result_jobs.append(job)
