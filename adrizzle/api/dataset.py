@@ -452,7 +452,8 @@ def job_programs(
         func_list = list(funcs)
         if len(func_list) != len(datasets):
             raise ValueError(f"{len(datasets)} datasets but {len(func_list)} functions")
-    for f in {id(f): f for f in func_list}.values():  # each distinct function once
+    distinct = [funcs] if callable(funcs) else {id(f): f for f in func_list}.values()
+    for f in distinct:  # each distinct function once
         check_function("run_jobs", f)  # a job's function is a plain one, like map's
     shape = None
     programs: list[JobProgram] = []

@@ -106,7 +106,10 @@ class ResultSender:
         self._bundle_bytes = bundle_bytes
         # (group, worker, slot) -> outputs waiting for that reducer slot
         self._pushes: dict[tuple[int, str, int], _Bundle] = {}
-        self._cond = threading.Condition()
+        # A plain lock (its ``with`` is C code, a Condition's is Python: per micro-batch that
+        # was ~0.3 µs of ``add``), shared with the clock's condition.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._group: RunTasks | None = None
         self._parts: list[int] = []
         self._jobs: list[int] = []
@@ -143,7 +146,7 @@ class ResultSender:
             return
         self._armed = True  # a plain store: an awake clock sees it at its next tick
         if not self._ticking:
-            with self._cond:
+            with self._lock:
                 self._ticking = True
                 self._cond.notify()
 
@@ -151,8 +154,9 @@ class ResultSender:
         self, msg: RunTasks, parts: list[int], job: int, values: list[Any], failed: int
     ) -> None:
         """A finished micro-batch's values for ``parts`` (sent at the next ``flush``)."""
-        with self._cond:
-            self._pending(msg)
+        with self._lock:
+            if not self._jobs and not self._positions and not self._pushes:  # _pending, inlined
+                self._pending(msg)
             self._parts = parts
             self._jobs.append(job)
             self._failed.append(failed)
@@ -161,7 +165,7 @@ class ResultSender:
     def add_positions(self, msg: RunTasks, reads: list[list[Any]]) -> None:
         """Connector reads of this group, sent with the results: the driver logs a batch once
         every source partition's range is in."""
-        with self._cond:
+        with self._lock:
             self._pending(msg)
             self._positions += reads
 
@@ -170,7 +174,7 @@ class ResultSender:
     ) -> None:
         """A map output (``output``: job, shuffle stage, map partition; ``payload``: pickled
         ``{reduce_part: block}``) for the reducer slot ``slot`` of ``worker``."""
-        with self._cond:
+        with self._lock:
             key = (msg.group, worker, slot)
             bundle = self._pushes.get(key)
             if bundle is not None and bundle.size + len(payload) > self._bundle_bytes:
@@ -186,22 +190,22 @@ class ResultSender:
     def route(self, msg: RunTasks) -> None:
         """Where ``msg``'s frames for the driver go (called before the group runs, when
         nothing waits): over the result link if the slot has one and ``takes_link(msg)``."""
-        with self._cond:
+        with self._lock:
             self._via_link = self.link is not None and takes_link(msg)
 
     def flush(self) -> None:
         """Send what waits (the slot ran out of ready work)."""
-        with self._cond:
+        with self._lock:
             self._write(*self._frames())
 
     def send(self, frame: bytes) -> None:
         """A frame for the worker process."""
-        with self._cond:
+        with self._lock:
             self._sock.sendall(frame)
 
     def send_driver(self, frame: bytes) -> None:
         """A frame for the driver (a checkpoint, a failure notice): the group's route."""
-        with self._cond:
+        with self._lock:
             self._write(b"", frame)
 
     def finish_group(
@@ -216,7 +220,7 @@ class ResultSender:
     ) -> None:
         """The group's last results and its acknowledgement, in one write: the worker's
         ``group_done`` over the link, else this slot's ``slot_done`` (one of ``of``)."""
-        with self._cond:
+        with self._lock:
             pushes, results = self._frames()
             failed += self.unpicklable - unpicklable_before
             fields = (group, tasks, failed, busy_us, pushed[0], pushed[1])

@@ -57,11 +57,18 @@ def ready_results(run: RunTasks, programs: Sequence[JobProgram]) -> list[int] | 
     """This slot's result partitions when every task of ``run`` is a result task that can run
     now: one stage, no shuffle read, no paced source, no sink on the workers. Such a group runs
     job by job with no queue (``SlotProcess.run_ready``: the single-stage hot path). None for
-    any other group."""
+    any other group.
+
+    A program repeated over consecutive jobs (one dataset run again and again) is checked
+    once: whether a source is paced (``ready_at`` not None) does not depend on the job."""
     if len(run.stages) != 1 or not programs:
         return None
     index = run.stages[0]
+    last = None
     for job, program in enumerate(programs, run.first_job):
+        if program is last:
+            continue
+        last = program
         stage = program.stages[index]
         read = stage.input
         if program.sink is not None or stage.output is not None or isinstance(read, ShuffleRead):

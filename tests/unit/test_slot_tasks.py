@@ -130,3 +130,12 @@ def test_shuffles_paced_sources_and_worker_sinks_take_the_task_queue() -> None:
     assert ready_results(run, [one_stage(unpaced)]) == [0, 2]
     sink = WorkerSink(node_id=9, stream="s", sink=None, first_batch=0)
     assert ready_results(run, [one_stage(sink=sink)]) is None  # commits wait for the log
+
+
+def test_a_repeated_program_is_checked_once_and_a_different_one_after_it_still_counts() -> None:
+    plain = one_stage()
+    paced = one_stage(BatchSource(5, lambda batch, p: [batch], 0, interval=0.5, start=1e9))
+    assert ready_results(launch(0, last=4, stages=(0,)), [plain] * 4) == [0, 2]
+    assert ready_results(launch(0, last=4, stages=(0,)), [plain] * 3 + [paced]) is None
+    # equal but not the same object: checked again
+    assert ready_results(launch(0, last=2, stages=(0,)), [plain, one_stage()]) == [0, 2]
