@@ -21,3 +21,17 @@ def dumps(obj: Any) -> bytes:
         return pickle.dumps(obj, protocol=5)
     except (pickle.PicklingError, TypeError, AttributeError):
         return bytes(cloudpickle.dumps(obj))
+
+
+def load_error(exc: Exception) -> str:
+    """Why programs or data could not be unpickled on a slot, with the way out when a
+    module is missing there (functions are pickled by reference to their module)."""
+    reason = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ImportError):
+        reason += (
+            " (functions from modules the workers cannot import are pickled by "
+            "reference: ship the module with engine.add_module(...) or "
+            "Engine(py_files=[...]), install it on the workers, or use "
+            "cloudpickle.register_pickle_by_value)"
+        )
+    return reason
