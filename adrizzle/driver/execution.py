@@ -21,6 +21,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from adrizzle.driver.checkpoint_files import Piece
+from adrizzle.driver.jobs import per_job
 from adrizzle.driver.launch import LaunchEncoder, serialize_programs
 from adrizzle.driver.run_events import (
     Broken,
@@ -350,7 +351,7 @@ class RunExecution:
             if not self.sched.wants(msg.group):
                 return  # an aborted attempt's: not worth unpickling
             try:
-                batches: list[list[Any]] = pickle.loads(payload)
+                batches = per_job(pickle.loads(payload), len(msg.jobs), len(msg.parts))
             except Exception as exc:
                 detail = f"{type(exc).__name__}: {exc}"
                 error = AdrizzleError(

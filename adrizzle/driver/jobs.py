@@ -226,6 +226,20 @@ class JobLedger:
         return ", ".join(f"job {j} lacks {n} partitions" for j, n in waiting)
 
 
+def per_job(flat: Any, jobs: int, parts: int) -> list[list[Any]]:
+    """A ``batch_result`` payload (one flat list, ``parts`` values per job in turn) as each
+    job's list of values; ``ValueError`` naming the mismatch when it is not that."""
+    if type(flat) is not list:
+        raise ValueError(f"expected a list of values, got {type(flat).__name__}")
+    if len(flat) != jobs * parts:
+        raise ValueError(f"{jobs} jobs x {parts} partitions but {len(flat)} values")
+    if parts == 1:
+        return [[v] for v in flat]
+    if parts == 0:
+        return [[] for _ in range(jobs)]
+    return [flat[i : i + parts] for i in range(0, len(flat), parts)]
+
+
 def _as_slice(parts: Sequence[int]) -> slice | None:
     """``parts`` (ascending, in range) as a slice when they are evenly spaced, else None."""
     if not parts:

@@ -162,7 +162,8 @@ class BatchResult(Message, tag="batch_result", frozen=True):
     """Final-stage values of one or more finished micro-batches from one slot.
 
     ``jobs[i]`` has one value per partition in ``parts`` (``failed[i]`` of them failures). The
-    payload is one pickled list holding, per job, the list of its values. A slot sends a batch
+    payload is one pickled flat list: each job's values in turn, ``len(parts)`` per job (values
+    ``i * len(parts)`` up to ``(i + 1) * len(parts)`` are job ``jobs[i]``'s). A slot sends a batch
     as soon as it is done, packing in those that finish within the run's linger time.
     """
 

@@ -207,7 +207,7 @@ class _Slot:
             return
         jobs, self.jobs = self.jobs, []
         parts = self.parts
-        values = [[sim_value(job, p) for p in parts] for job in jobs]
+        values = [sim_value(job, p) for job in jobs for p in parts]  # flat, as a slot sends
         msg = BatchResult(group=self.group, jobs=jobs, parts=parts, failed=[0] * len(jobs))
         self.worker.send(msg, pickle.dumps(values, protocol=5))
         self.worker.counters.result_frames += 1

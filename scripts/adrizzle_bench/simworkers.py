@@ -13,8 +13,8 @@ What is real, frame for frame:
   ``cluster_view`` (counted only, see below); each ``launch_group`` checked as the runtime
   checks it, and each slot's tasks derived from its placement by
   ``adrizzle.worker.slot_tasks.tasks_for``, the slot's own code;
-- per slot, ``batch_result`` frames (meta ``jobs, parts, failed``; payload the pickled list
-  of, per job, its values for the slot's result partitions) packed by
+- per slot, ``batch_result`` frames (meta ``jobs, parts, failed``; payload the pickled flat
+  list of each job's values for the slot's result partitions in turn) packed by
   ``slot_results.ResultSender``'s rule (``results="slot"``, the default: finished batches wait
   while the slot has ready work, and go when it runs out or once the first waited the launch's
   linger time; here, at the group's end or the linger time), or one per micro-batch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adrizzle.driver.jobs import JobLedger
+from adrizzle.driver.jobs import JobLedger, per_job
 from adrizzle.plan.failure import TaskFailure
 
 
@@ -91,3 +91,13 @@ def test_a_connector_batch_waits_for_its_source_ranges_unless_a_read_failed() ->
     assert out[1].error is not None
     assert out[1].error.partition == 1
     assert ledger.finished
+
+
+def test_a_result_payload_is_read_per_job_and_a_wrong_one_is_named() -> None:
+    assert per_job([1, 2, 3, 4], jobs=2, parts=2) == [[1, 2], [3, 4]]
+    assert per_job([7, 8], jobs=2, parts=1) == [[7], [8]]
+    assert per_job([], jobs=2, parts=0) == [[], []]
+    with pytest.raises(ValueError, match="2 jobs x 2 partitions but 3 values"):
+        per_job([1, 2, 3], jobs=2, parts=2)
+    with pytest.raises(ValueError, match="expected a list of values, got dict"):
+        per_job({}, jobs=0, parts=0)

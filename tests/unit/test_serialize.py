@@ -19,5 +19,6 @@ def test_values_take_the_standard_pickle_and_lambdas_cloudpickle() -> None:
 def test_a_missing_module_names_the_ways_to_ship_it() -> None:
     reason = load_error(ModuleNotFoundError("No module named 'helpers'"))
     assert reason.startswith("ModuleNotFoundError: No module named 'helpers'")
-    assert "engine.add_module(...)" in reason and "py_files" in reason
+    assert "engine.add_module(...)" in reason
+    assert "py_files" in reason
     assert load_error(ValueError("bad data")) == "ValueError: bad data"

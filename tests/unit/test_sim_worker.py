@@ -175,7 +175,7 @@ async def test_a_launch_is_answered_per_batch_then_acknowledged_once(
     for k, (result, payload) in enumerate(answers[:3]):
         assert isinstance(result, BatchResult)
         assert (result.group, result.jobs, result.parts) == (7, [10 + k], [0, 2])
-        assert pickle.loads(payload) == [[sim_value(10 + k, 0), sim_value(10 + k, 2)]]
+        assert pickle.loads(payload) == [sim_value(10 + k, 0), sim_value(10 + k, 2)]
     done = answers[3][0]
     assert isinstance(done, GroupDone)
     assert (done.group, done.tasks, done.failed) == (7, 6, 0)
@@ -208,7 +208,7 @@ async def test_slot_packing_sends_a_group_that_finishes_at_once_in_one_frame(
     result, payload = await fake.next()
     assert isinstance(result, BatchResult)
     assert result.jobs == [0, 1, 2, 3, 4]
-    assert pickle.loads(payload) == [[sim_value(j, 0), sim_value(j, 2)] for j in range(5)]
+    assert pickle.loads(payload) == [sim_value(j, p) for j in range(5) for p in (0, 2)]  # flat
     assert isinstance((await fake.next())[0], GroupDone)
     worker.close()
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import pickle
 import select
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from adrizzle.driver.jobs import per_job
+from adrizzle.plan.failure import TaskFailure
 from adrizzle.wire.checks import check_map_outputs
 from adrizzle.wire.framing import FrameDecoder, FrameLimits
 from adrizzle.wire.messages import (
@@ -21,7 +24,7 @@ from adrizzle.wire.messages import (
     SlotDone,
     decode_meta,
 )
-from adrizzle.worker.slot_results import ResultSender
+from adrizzle.worker.slot_results import ResultSender, dump_values
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -70,7 +73,10 @@ def pair() -> Iterator[tuple[ResultSender, Peer]]:
 
 
 def values(frame: tuple[Message, bytes]) -> Any:
-    return pickle.loads(frame[1])
+    """A ``batch_result``'s values per job, as the driver reads them."""
+    msg = frame[0]
+    assert isinstance(msg, BatchResult)
+    return per_job(pickle.loads(frame[1]), len(msg.jobs), len(msg.parts))
 
 
 def test_results_wait_while_the_slot_has_ready_work_and_leave_in_one_frame(
@@ -88,6 +94,7 @@ def test_results_wait_while_the_slot_has_ready_work_and_leave_in_one_frame(
     assert isinstance(result, BatchResult)
     assert (result.group, result.jobs, result.parts) == (5, [0, 1, 2], [0, 2])
     assert values(frames[0]) == [[0, 0], [1, 10], [2, 20]]
+    assert pickle.loads(frames[0][1]) == [0, 0, 1, 10, 2, 20]  # on the wire: one flat list
     sender.flush()
     assert peer.frames(wait=0.1) == []  # nothing twice
 
@@ -173,3 +180,15 @@ def test_a_bundle_is_sent_before_it_would_pass_the_bundle_size(
     second = peer.frames(wait=5.0)
     assert isinstance(second[0][0], MapOutputs)
     assert second[0][0].outputs == [[1, 0, 0, 40]]
+
+
+def test_a_value_that_cannot_be_pickled_becomes_a_failure_of_its_own_job() -> None:
+    lock = threading.Lock()  # neither pickle nor cloudpickle can carry it
+    payload, replaced = dump_values([1, 2, 3, lock, 5, 6], batches=3)
+    assert replaced == [0, 1, 0]
+    out = per_job(pickle.loads(payload), 3, 2)
+    assert out[0] == [1, 2]
+    assert out[2] == [5, 6]
+    assert out[1][0] == 3
+    assert isinstance(out[1][1], TaskFailure)
+    assert "cannot pickle" in out[1][1].message
