@@ -322,10 +322,10 @@ class SlotProcess:
                 state_ids, cells = pickle.loads(view[data_end:])
                 restore_states(self.states, state_ids, cells)
             what = "program"
-            blob = view[: msg.program_len]
+            blob = payload[: msg.program_len]  # bytes: compared at C speed, not per item
             if blob != self.last_blob:  # a run repeats its programs group after group
                 self.last_programs = pickle.loads(blob)
-                self.last_blob = bytes(blob)
+                self.last_blob = blob
             return self.last_programs
         except Exception as exc:  # e.g. a function pickled by reference to a missing module
             reason = (
