@@ -106,9 +106,10 @@ class ResultSender:
         # (group, worker, slot) -> outputs waiting for that reducer slot
         self._pushes: dict[tuple[int, str, int], _Bundle] = {}
         # A plain lock (its ``with`` is C code, a Condition's is Python: per micro-batch that
-        # was ~0.3 µs of ``add``), shared with the clock's condition.
+        # was ~0.3 µs of ``add``).
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        self._wake = threading.Lock()  # locked; before_task releases it to wake the parked clock
+        self._wake.acquire()
         self._group: RunTasks | None = None
         self._parts: list[int] = []
         self._jobs: list[int] = []
@@ -145,9 +146,11 @@ class ResultSender:
             return
         self._armed = True  # a plain store: an awake clock sees it at its next tick
         if not self._ticking:
-            with self._lock:
-                self._ticking = True
-                self._cond.notify()
+            self._ticking = True
+            try:
+                self._wake.release()
+            except RuntimeError:
+                pass  # already released: the clock saw the arming while it parked
 
     def add(
         self, msg: RunTasks, parts: list[int], job: int, values: list[Any], failed: int
@@ -269,22 +272,31 @@ class ResultSender:
         return encode_frame(encode_meta(result), payload)
 
     def _linger_clock(self) -> None:
-        with self._cond:
-            while True:
-                if not self._ticking:
-                    self._cond.wait()
+        """Parked on ``_wake`` until ``before_task`` arms it; awake, it sleeps to the deadline
+        of what waits and sends it if it still waits then. It reads the state without the
+        lock (plain attributes) and takes the lock only to send: each tick costs the slot a
+        GIL hand-off, and a tick that also waited for the lock (while ``add`` held it) cost
+        more (a slot's CPU per micro-batch at G=100, measured here: docs/architecture.md)."""
+        while True:
+            if not self._ticking:
+                self._wake.acquire()  # parked
+                continue
+            if self._armed and not self._empty():
+                left = self._deadline - time.monotonic()
+                if left > 0:
+                    time.sleep(left)
                     continue
-                if self._armed and not self._empty():
-                    left = self._deadline - time.monotonic()
-                    if left > 0:
-                        self._cond.wait(left)
-                        continue
-                    self._armed = False
-                    try:
-                        self._write(*self._frames())
-                    except OSError:
-                        return  # the worker is gone; the main thread notices on its next recv
-                    continue
-                self._armed = False
-                if not self._cond.wait(max(self._linger, 0.001)) and not self._armed:
-                    self._ticking = False  # a whole tick with nothing to time: park
+                with self._lock:
+                    if self._armed and not self._empty() and time.monotonic() >= self._deadline:
+                        self._armed = False
+                        try:
+                            self._write(*self._frames())
+                        except OSError:
+                            return  # the worker is gone; the main thread notices on its next recv
+                continue
+            self._armed = False
+            time.sleep(max(self._linger, 0.001))
+            if not self._armed:  # a whole tick with nothing to time: park
+                self._ticking = False
+                if self._armed:  # armed while parking: before_task may not have seen it
+                    self._ticking = True
