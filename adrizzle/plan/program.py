@@ -314,6 +314,23 @@ class StageProgram:
 
         return run_steps(self.steps, partition, store, first, states, job)
 
+    def opener(
+        self,
+        partition: int,
+        store: BlockStore,
+        states: StateStore | None = None,
+        io: SourceIO | None = None,
+    ) -> Callable[[int], Iterator[Any]]:
+        """``compute`` for ``partition`` of a stage with no shuffle read, as a function of the
+        job, resolved once for a group of jobs: a shipped block read as is is looked up once
+        (the store does not change while a slot runs a group)."""
+        read = self.input
+        if not self.steps and isinstance(read, ShippedSource):
+            block = store.get((read.node_id, partition))
+            if block is not None:
+                return lambda job: iter(block)
+        return lambda job: self.compute(partition, store, None, states, job, io)
+
 
 @dataclass(frozen=True, slots=True)
 class JobProgram:

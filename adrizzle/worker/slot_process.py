@@ -203,11 +203,15 @@ class SlotProcess:
         failures, unpicklable_before = self.failures, self.sender.unpicklable
         first, index = msg.first_job, msg.stages[0]
         sender, run_task = self.sender, self.run_ready_task
+        last: JobProgram | None = None
+        openers: list[Callable[[int], Iterator[Any]]] = []
         for job, program in enumerate(programs, first):
-            stage, action = program.stages[index], program.action
+            if program is not last:  # a program repeated over jobs is resolved once
+                last, action, stage = program, program.action, program.stages[index]
+                openers = [stage.opener(p, self.store, self.states, self.io) for p in parts]
             before = self.failures
             sender.before_task()
-            values = [run_task(job, action, stage, p) for p in parts]
+            values = [run_task(job, action, opener) for opener in openers]
             if self.io.reads:
                 sender.add_positions(msg, self.io.reads)
                 self.io.reads = []
@@ -371,14 +375,13 @@ class SlotProcess:
             self.sender.send_driver(frame)
 
     def run_ready_task(
-        self, job: int, action: Callable[[Iterator[Any]], Any], stage: StageProgram, p: int
+        self, job: int, action: Callable[[Iterator[Any]], Any], opener: Callable[[int], Any]
     ) -> Any:
-        """A task of ``run_ready``: ``run_result_task`` with no shuffle read and no sink (the
-        interpreter's share of a slot's CPU at G=100 is ~17 %, perf: per-task steps count)."""
-        shared.begin_task()
+        """A task of ``run_ready``: ``run_result_task`` with no shuffle read and no sink, its
+        input from ``StageProgram.opener`` (the interpreter's share of a slot's CPU at G=100 is
+        ~17 %, perf: per-task steps count)."""
         try:
-            it = stage.compute(p, self.store, None, self.states, job, self.io)
-            return shared.with_updates(action(it))
+            return shared.run_task(action, opener, job)
         except WorkerGone:
             raise
         except Exception as exc:

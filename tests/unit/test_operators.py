@@ -263,3 +263,35 @@ def test_accumulator_updates_ride_on_block_zero_and_result_values() -> None:
     assert take_updates() == []
     # Round robin starts at the map partition's index: small partitions spread out.
     assert list(tag_round_robin(3, 2, "abcd")) == [(2, "a"), (0, "b"), (1, "c"), (2, "d")]
+
+
+def test_a_result_task_in_one_call_wraps_only_its_own_updates() -> None:
+    from adrizzle.plan.shared import Accumulator, WithUpdates, run_task
+
+    acc: Accumulator[int] = Accumulator(9, operator.add, 0)  # a slot's copy: updates travel
+    acc.add(100)  # an earlier task's update, never taken
+    assert run_task(sum, lambda job: iter(range(job)), 4) == 6  # begins afresh: no updates
+
+    def counting(it: Any) -> int:
+        acc.add(1)
+        return sum(it)
+
+    value = run_task(counting, lambda job: iter([job, job]), 5)
+    assert isinstance(value, WithUpdates)
+    assert (value.value, value.updates) == (10, [{9: 1}])
+
+
+def test_an_opener_reads_a_shipped_block_once_per_group_else_computes_per_job() -> None:
+    from adrizzle.plan.program import FunctionSource, ShippedSource, StageProgram
+
+    store: dict[tuple[int, int], Any] = {(3, 1): [1, 2, 3]}
+    shipped = StageProgram(2, ShippedSource(3), (), None)
+    read = shipped.opener(1, store)
+    store[(3, 1)] = ["replaced"]  # resolved already: the group keeps what it started with
+    assert list(read(0)) == [1, 2, 3]
+    assert list(read(1)) == [1, 2, 3]
+    missing = shipped.opener(0, store)  # not on this slot: each task fails as compute does
+    with pytest.raises(LookupError, match="source block 3/0 is not on this slot"):
+        missing(0)
+    generated = StageProgram(2, FunctionSource(4, lambda p: [p, p * 10]), (), None)
+    assert list(generated.opener(1, store)(7)) == [1, 10]
