@@ -15,6 +15,7 @@ never shipped. Everything here is plain functions over plain data: no I/O.
 from __future__ import annotations
 
 import itertools
+import operator
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -202,7 +203,12 @@ class ShuffleWrite:
             if combine is not None:
                 acc: dict[Any, Any] = {}
                 create = self.create
-                if create is None:
+                if create is None and combine is operator.add:
+                    # The commonest combiner, without a call per element: `a + b` is exactly
+                    # what operator.add does (~7 % of a map task of (x % 16, 1) pairs, timeit).
+                    for k, v in it:
+                        acc[k] = acc[k] + v if k in acc else v
+                elif create is None:
                     for k, v in it:
                         acc[k] = combine(acc[k], v) if k in acc else v
                 else:

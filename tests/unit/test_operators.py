@@ -295,3 +295,15 @@ def test_an_opener_reads_a_shipped_block_once_per_group_else_computes_per_job() 
         missing(0)
     generated = StageProgram(2, FunctionSource(4, lambda p: [p, p * 10]), (), None)
     assert list(generated.opener(1, store)(7)) == [1, 10]
+
+
+def test_the_add_combiner_without_a_call_combines_exactly_as_a_called_one() -> None:
+    from adrizzle.plan.program import ShuffleWrite
+
+    pairs = [("a", 1), ("b", "x"), ("a", 2), ("c", [1]), ("b", "y"), ("c", [2]), ("a", 3)]
+    fast = ShuffleWrite(3, combine=operator.add).split(iter(pairs))
+    called = ShuffleWrite(3, combine=lambda a, b: a + b).split(iter(pairs))
+    assert fast == called
+    assert {k: v for block in fast for k, v in block.items()} == {"a": 6, "b": "xy", "c": [1, 2]}
+    with pytest.raises(TypeError):  # the same error a called operator.add raises
+        ShuffleWrite(2, combine=operator.add).split(iter([("k", 1), ("k", "s")]))
