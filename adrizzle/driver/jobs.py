@@ -255,8 +255,6 @@ def per_job(flat: Any, jobs: int, parts: int) -> list[list[Any]]:
         raise ValueError(f"expected a list of values, got {type(flat).__name__}")
     if len(flat) != jobs * parts:
         raise ValueError(f"{jobs} jobs x {parts} partitions but {len(flat)} values")
-    if parts == 1:
-        return [[v] for v in flat]
     if parts == 0:
         return [[] for _ in range(jobs)]
     return [flat[i : i + parts] for i in range(0, len(flat), parts)]

@@ -113,8 +113,7 @@ def run_task(action: Callable[[Any], Any], opener: Callable[[int], Any], job: in
     value = action(opener(job))
     if len(_updates) == 1 and not _updates[0]:
         return value
-    updates = take_updates()
-    return WithUpdates(value, updates) if updates else value
+    return with_updates(value)
 
 
 def attach_updates(blocks: list[Any]) -> list[Any]:
